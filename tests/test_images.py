@@ -270,7 +270,7 @@ def test_save_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
     class BrokenGzip:
         def __init__(self, *args, **kwargs):
-            self.f = open(args[0], "wb")  # noqa: SIM115
+            self.f = open(args[0], "wb")
 
         def __enter__(self):
             return self
