@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes rendering cases in parallel (default: up to 2)",
     )
 
+    from lamp.ingest.cli import add_parser as add_ingest_parser
+
+    add_ingest_parser(sub)
+
     d = sub.add_parser(
         "demo",
         help="run the end-to-end demo on the built-in synthetic cohort",
@@ -227,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"synth": _cmd_synth, "demo": _cmd_demo}[args.command]
+    handler = (
+        getattr(args, "handler", None) or {"synth": _cmd_synth, "demo": _cmd_demo}[args.command]
+    )
     try:
         return handler(args)
     except LampError as exc:  # input errors carry a message naming what was wrong
