@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.ingest.cli import add_parser as add_ingest_parser
 
     add_ingest_parser(sub)
+    from lamp.segmentation.cli import add_parser as add_segment_parser
+
+    add_segment_parser(sub)
 
     d = sub.add_parser(
         "demo",

@@ -1,0 +1,126 @@
+"""The ``lamp segment`` subcommand: ``train`` and ``predict`` through nnU-Net v2.
+
+Wired into :mod:`lamp.cli` with :func:`add_parser`; heavy imports happen inside
+:func:`run`, so ``lamp --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "segment",
+        help="train / predict the lesion segmentation networks (nnU-Net v2)",
+        description="Train LAMP's multimodal lesion segmentation network (or, with "
+        "--plain, plain nnU-Net with CT and PET as two channels) on the cohort's 5 folds, "
+        "and predict every patient with the model of the fold that held it out. nnU-Net's "
+        "folders live under WORK/nnunet; nothing needs to be set in the environment.",
+    )
+    sub = p.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("train", "plan, preprocess and train (resumable)"),
+        ("predict", "out-of-fold prediction, lesion instances, metrics"),
+    ):
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("--cohort", required=True, type=Path)
+        s.add_argument("--work", required=True, type=Path)
+        s.add_argument(
+            "--plain",
+            action="store_true",
+            help="the plain nnU-Net comparator instead of LAMP's network",
+        )
+        s.add_argument(
+            "--config",
+            default="tiny",
+            choices=("tiny", "full"),
+            help="tiny: CPU configuration (default); full: nnU-Net 3d_fullres (GPU)",
+        )
+        s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+        if name == "train":
+            s.add_argument("--fold", default="all", help="0-4 or all (default)")
+            s.add_argument("--epochs", type=int, default=None, help="override the epochs")
+            s.add_argument(
+                "--iterations", type=int, default=None, help="override the iterations per epoch"
+            )
+    p.set_defaults(handler=run)
+    return p
+
+
+def _config(args: argparse.Namespace):
+    from lamp.segmentation.nnunet import SEG_CONFIGS, SegmentError
+
+    cfg = SEG_CONFIGS[args.config]
+    changes = {}
+    for attr, key in (("epochs", "num_epochs"), ("iterations", "iterations_per_epoch")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            if value < 1:
+                raise SegmentError(f"--{attr} must be >= 1, got {value}")
+            changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lamp.errors import LampError
+
+    try:
+        return _run(args)
+    except LampError as exc:
+        print(f"lamp segment {args.segment_command}: error: {exc}")
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lamp.cohort import read_folds
+    from lamp.segmentation.nnunet import (
+        SegmentError,
+        predict_out_of_fold,
+        prepare_dataset,
+        train_fold,
+    )
+
+    cfg = _config(args)
+    if not (args.cohort / "clinical.csv").is_file():
+        raise SegmentError(f"--cohort {args.cohort}: no clinical.csv (not a cohort folder)")
+    net = "plain" if args.plain else "lamp"
+    if args.segment_command == "train":
+        folds = sorted(read_folds(args.cohort / "folds.csv")["fold"].unique())
+        if args.fold != "all":
+            if not args.fold.isdigit() or int(args.fold) not in folds:
+                raise SegmentError(f"--fold must be one of {folds} or all, got {args.fold!r}")
+            folds = [int(args.fold)]
+        t0 = time.perf_counter()
+        prepare_dataset(args.cohort, args.work, cfg)
+        print(f"prepared in {time.perf_counter() - t0:.0f} s")
+        for k in folds:
+            t0 = time.perf_counter()
+            out = train_fold(args.work, cfg, int(k), plain=args.plain, device=args.device)
+            print(f"fold {k} ({net}): {out} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+
+    from lamp.segmentation.evaluate import NETWORKS, evaluate_network, write_comparison
+
+    predict_out_of_fold(args.cohort, args.work, cfg, plain=args.plain, device=args.device)
+    tables, summaries = {}, {}
+    for name in NETWORKS:
+        if (args.work / "segmentation" / name / "pred").is_dir() and (
+            name == net or any((args.work / "segmentation" / name / "pred").glob("*.nii.gz"))
+        ):
+            try:
+                tables[name], summaries[name] = evaluate_network(args.cohort, args.work, name)
+            except SegmentError:
+                if name == net:
+                    raise
+    print(json.dumps({NETWORKS[k]: v for k, v in summaries.items()}, indent=1, default=float))
+    path = write_comparison(args.work, tables)
+    if path:
+        print(f"side-by-side metrics: {path}")
+    return 0

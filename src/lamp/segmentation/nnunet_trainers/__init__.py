@@ -1,0 +1,1 @@
+"""The folder LAMP gives nnU-Net as ``nnUNet_extTrainer`` (see lamp.segmentation.trainer)."""

@@ -1,0 +1,188 @@
+"""LAMP's multimodal segmentation network, its nnU-Net trainer, and ``lamp segment``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lamp.segmentation.network import LampSegNet, MultiDecoderLoss, MultiDecoderOutput
+
+ARCH = dict(
+    n_stages=3,
+    features_per_stage=[32, 16, 16],
+    conv_op=nn.Conv3d,
+    kernel_sizes=[[3, 3, 3]] * 3,
+    strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+    n_conv_per_stage=[1, 1, 1],
+    n_conv_per_stage_decoder=[1, 1],
+    conv_bias=True,
+    norm_op=nn.InstanceNorm3d,
+    norm_op_kwargs={"eps": 1e-5, "affine": True},
+    nonlin=nn.LeakyReLU,
+    nonlin_kwargs={"inplace": True},
+)
+
+
+def _net(ds: bool = True) -> LampSegNet:
+    torch.manual_seed(0)
+    return LampSegNet(num_classes=2, deep_supervision=ds, **ARCH)
+
+
+def test_one_encoder_shared_by_both_modalities():
+    net = _net()
+    encoders = [m for m in net.modules() if type(m).__name__ == "PlainConvEncoder"]
+    assert len(encoders) == 1
+    first = net.encoder.stages[0][0].convs[0].conv
+    assert first.in_channels == 1  # one modality at a time, the same weights for both
+    keys = list(net.state_dict())
+    assert not any(".encoder." in k for k in keys if not k.startswith("encoder."))
+    # CT alone through the encoder equals the CT half of the shared batch
+    x = torch.randn(2, 2, 16, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        both = net.encoder(torch.cat((x[:, :1], x[:, 1:]), 0))
+        ct_only = net.encoder(x[:, :1])
+    torch.testing.assert_close(both[0][:2], ct_only[0])
+
+
+def test_output_shapes_features_and_fusion_weights():
+    net = _net()
+    x = torch.randn(2, 2, 16, 16, 16)
+    out = net(x)
+    assert isinstance(out, MultiDecoderOutput)
+    assert [tuple(o.shape) for o in out] == [(2, 2, 16, 16, 16), (2, 2, 8, 8, 8)]
+    assert len(out.aux) == 3 and all(len(a) == 2 for a in out.aux)
+    net.eval()
+    net.set_deep_supervision(False)
+    logits = net(x)
+    assert logits.shape == (2, 2, 16, 16, 16)
+    torch.testing.assert_close(torch.softmax(logits, 1).sum(1), torch.ones(2, 16, 16, 16))
+    prob, feats = net.forward_features(x)
+    assert prob.shape == (2, 1, 16, 16, 16) and feats.shape == (2, 128, 16, 16, 16)
+    assert net.feature_channels == (64, 32, 32)
+    w = net.fusion_weights(x)
+    assert w.shape == (2, 3, 16, 16, 16)
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 16, 16, 16))
+    # the final probability is the weighted sum of the three decoders' probabilities
+    with torch.no_grad():
+        _, weights, segs, _ = net._branches(x, False)
+        mix = sum(
+            weights[:, i : i + 1] * torch.softmax(s[0], 1)
+            for i, s in enumerate((segs[2], segs[1], segs[0]))
+        )
+    torch.testing.assert_close(prob, mix[:, 1:2])
+
+
+def test_loss_reaches_every_decoder_and_the_fusion_head():
+    net = _net()
+    x = torch.randn(1, 2, 16, 16, 16)
+    y = [(torch.rand(1, 1, 16, 16, 16) > 0.8).float(), (torch.rand(1, 1, 8, 8, 8) > 0.8).float()]
+
+    def base(outputs, target):
+        return sum(
+            nn.functional.cross_entropy(o, t[:, 0].long())
+            for o, t in zip(outputs, target, strict=True)
+        )
+
+    loss = MultiDecoderLoss(base)(net(x), y)
+    loss.backward()
+    for name in ("decoder_ct", "decoder_pet", "decoder_fused", "fusion_head", "encoder"):
+        grads = [p.grad for n, p in net.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None for g in grads), name
+    with torch.no_grad():
+        only_main = base(list(net(x)), y)
+    assert loss.item() > only_main.item()
+
+
+def test_weights_load_whatever_the_deep_supervision_setting():
+    trained = _net(ds=True)
+    for_inference = LampSegNet(num_classes=2, deep_supervision=False, **ARCH)
+    for_inference.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.randn(1, 2, 16, 16, 16)
+    trained.eval()
+    trained.set_deep_supervision(False)
+    for_inference.eval()
+    torch.testing.assert_close(trained(x), for_inference(x))
+
+
+def test_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="num_classes must be 2"):
+        LampSegNet(num_classes=3, **ARCH)
+    with pytest.raises(ValueError, match=r"expects \(B, 2, z, y, x\)"):
+        _net()(torch.randn(1, 1, 16, 16, 16))
+
+
+def test_trainer_builds_the_network_from_plans_strings():
+    from lamp.segmentation.trainer import build_lamp_network
+
+    kwargs = {k: v for k, v in ARCH.items()}
+    kwargs.update(
+        conv_op="torch.nn.modules.conv.Conv3d",
+        norm_op="torch.nn.modules.instancenorm.InstanceNorm3d",
+        nonlin="torch.nn.LeakyReLU",
+        dropout_op=None,
+    )
+    net = build_lamp_network(kwargs, ["conv_op", "norm_op", "dropout_op", "nonlin"], 2, True)
+    assert isinstance(net, LampSegNet)
+    assert isinstance(net.encoder.stages[0][0].convs[0].conv, nn.Conv3d)
+
+
+@pytest.mark.slow
+def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
+    """nnU-Net end to end on CPU: plan, preprocess, a few iterations of both networks on
+    fold 0, out-of-fold prediction of fold 0, instances and metrics."""
+    from lamp.segmentation import cli as seg_cli
+    from lamp.segmentation.nnunet import SEG_CONFIGS, predict_out_of_fold, results_folder
+    from lamp.synth.generate import SynthRequest, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    work = tmp_path / "work"
+    generate_cohort(SynthRequest(out=cohort, n_patients=5, size="tiny", export_nnunet=False))
+    parser = argparse.ArgumentParser()
+    seg_cli.add_parser(parser.add_subparsers())
+    for plain in ([], ["--plain"]):
+        args = parser.parse_args(
+            [
+                "segment",
+                "train",
+                "--cohort",
+                str(cohort),
+                "--work",
+                str(work),
+                "--fold",
+                "0",
+                "--epochs",
+                "1",
+                "--iterations",
+                "1",
+                *plain,
+            ]
+        )
+        assert seg_cli.run(args) == 0, capsys.readouterr().out
+    cfg = dataclasses.replace(SEG_CONFIGS["tiny"], num_epochs=1, iterations_per_epoch=1)
+    for plain in (False, True):
+        assert (results_folder(work, cfg, plain) / "fold_0" / "checkpoint_final.pth").is_file()
+        out = predict_out_of_fold(cohort, work, cfg, plain=plain, folds=[0])
+        preds = sorted(p.name for p in out.glob("*.nii.gz"))
+        assert len(preds) == 1 and not (out / ".partial").exists()
+    # prediction on the PET grid, binary
+    import nibabel as nib
+
+    from lamp.segmentation.evaluate import evaluate_network
+
+    pid = preds[0].removesuffix(".nii.gz")
+    pred = nib.load(str(work / "segmentation" / "lamp" / "pred" / preds[0]))
+    pet = nib.load(str(cohort / "cases" / pid / "pet.nii.gz"))
+    assert pred.shape == pet.shape
+    np.testing.assert_allclose(pred.affine, pet.affine, atol=1e-3)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    # metrics need every patient predicted: only fold 0 was, so it says which is missing
+    from lamp.segmentation.nnunet import SegmentError
+
+    with pytest.raises(SegmentError, match="no prediction for patient"):
+        evaluate_network(cohort, work, "lamp")
