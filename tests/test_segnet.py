@@ -181,6 +181,26 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
     assert pred.shape == pet.shape
     np.testing.assert_allclose(pred.affine, pet.affine, atol=1e-3)
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    # features of fold 0's patient from the fold-0 LAMP network, over predicted lesions
+    # (after instances are made) and over the reference masks
+    from lamp.features import load_case_features
+    from lamp.images import save_nifti
+    from lamp.segmentation.extract import extract_cohort_features
+    from lamp.segmentation.instances import lesion_instances
+
+    inst = lesion_instances(np.asarray(pred.dataobj) > 0, 1.728)
+    save_nifti(
+        work / "segmentation" / "lamp" / "instances" / preds[0], inst, pred.affine, np.uint16
+    )
+    for reference in (False, True):
+        out = extract_cohort_features(cohort, work, cfg, reference=reference, folds=[0])
+        feats = load_case_features(out / f"{pid}.npz")
+        assert feats.lesion_features.shape == (len(feats.lesion_ids), 128)
+        assert feats.organ_features.shape == (71, 128) and feats.organ_present.sum() > 20
+        assert np.isfinite(feats.organ_features).all()
+        assert (out / "lesions.csv").is_file()
+    ref = load_case_features(work / "features_reference" / f"{pid}.npz")
+    assert len(ref.lesion_ids) >= 1
     # metrics need every patient predicted: only fold 0 was, so it says which is missing
     from lamp.segmentation.nnunet import SegmentError
 

@@ -51,6 +51,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                 "--iterations", type=int, default=None, help="override the iterations per epoch"
             )
     p.set_defaults(handler=run)
+
+    f = subparsers.add_parser(
+        "features",
+        help="pool per-lesion and per-organ features from the trained network",
+        description="One sliding-window pass per patient with the LAMP network of the fold "
+        "that held it out; 128-d features pooled (streaming) over each lesion instance and "
+        "each of the 71 organ groups -> WORK/features/<id>.npz and WORK/features/lesions.csv "
+        "(--reference: over the reference lesion masks -> WORK/features_reference/).",
+    )
+    f.add_argument("--cohort", required=True, type=Path)
+    f.add_argument("--work", required=True, type=Path)
+    f.add_argument("--reference", action="store_true", help="pool over the reference masks")
+    f.add_argument("--config", default="tiny", choices=("tiny", "full"))
+    f.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    f.set_defaults(handler=run, segment_command="features")
     return p
 
 
@@ -90,6 +105,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if not (args.cohort / "clinical.csv").is_file():
         raise SegmentError(f"--cohort {args.cohort}: no clinical.csv (not a cohort folder)")
+    if args.segment_command == "features":
+        from lamp.segmentation.extract import extract_cohort_features
+
+        out = extract_cohort_features(
+            args.cohort, args.work, cfg, reference=args.reference, device=args.device
+        )
+        print(f"features written to {out}")
+        return 0
     net = "plain" if args.plain else "lamp"
     if args.segment_command == "train":
         folds = sorted(read_folds(args.cohort / "folds.csv")["fold"].unique())

@@ -1,0 +1,148 @@
+"""``lamp features``: per-patient lesion and organ features from the trained network.
+
+For every patient, the LAMP network of the fold that held the patient out runs one
+sliding-window pass over the whole scan (nnU-Net's tiling and Gaussian weighting) and
+the 128-d decoder features are pooled, streaming, over each lesion instance and each of
+the 71 organ groups (paper Eq. 1-2; :mod:`lamp.features`)::
+
+    WORK/features/<patient_id>.npz            predicted lesions (WORK/segmentation/lamp/instances)
+    WORK/features/lesions.csv                 the lesion table of every patient
+    WORK/features_reference/...               the same for the reference ("manual") masks
+
+The network sees what nnU-Net's preprocessing would give it: CT resampled onto the PET
+grid, clipped to the 0.5-99.5 foreground percentiles and z-scored with the dataset's
+foreground statistics (nnU-Net's CTNormalization), PET z-scored per image; arrays in
+nnU-Net's axis order (SimpleITK's z, y, x = the NIfTI storage order reversed). The plan's
+spacing must equal the PET grid's (true for the synthetic cohorts); resampling to another
+planned spacing is not supported yet and is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lamp.cohort import case_dir, case_path, read_clinical, read_folds, write_text_atomic
+from lamp.segmentation.nnunet import SegmentConfig, SegmentError, nnunet_env, results_folder
+
+__all__ = ["extract_cohort_features", "features_folder"]
+
+
+def features_folder(work: Path, reference: bool) -> Path:
+    return Path(work) / ("features_reference" if reference else "features")
+
+
+def _load_fold_network(model_dir: Path, fold: int, device):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=device, verbose=False, allow_tqdm=False, use_mirroring=False)
+    predictor.initialize_from_trained_model_folder(
+        str(model_dir), use_folds=(fold,), checkpoint_name="checkpoint_final.pth"
+    )
+    net = predictor.network
+    net.load_state_dict(predictor.list_of_parameters[0])
+    net.eval()
+    return net.to(device), predictor.plans_manager, predictor.configuration_manager
+
+
+def extract_cohort_features(
+    cohort: Path,
+    work: Path,
+    cfg: SegmentConfig,
+    *,
+    reference: bool = False,
+    device: str = "cpu",
+    folds: list[int] | None = None,
+    progress=None,
+) -> Path:
+    """Write ``<patient_id>.npz`` for every patient (finished ones are skipped) and the
+    cohort's ``lesions.csv``; returns the features folder."""
+    import torch
+
+    from lamp.features import ChannelNormalization, extract_case_features, load_case_features
+    from lamp.segmentation.nnunet import _device
+
+    dev = _device(device)
+    cohort, work = Path(cohort), Path(work)
+    clinical = read_clinical(cohort / "clinical.csv")
+    fold_table = read_folds(cohort / "folds.csv", clinical["patient_id"].tolist())
+    out_dir = features_folder(work, reference)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = results_folder(work, cfg, plain=False)
+    inst_dir = work / "segmentation" / "lamp" / "instances"
+    todo_folds = sorted(fold_table["fold"].unique()) if folds is None else folds
+    total = int(fold_table["fold"].isin(todo_folds).sum())
+    done = 0
+    with nnunet_env(work, cfg):
+        for k in todo_folds:
+            pids = fold_table.loc[fold_table["fold"] == k, "patient_id"].tolist()
+            todo = [p for p in pids if not (out_dir / f"{p}.npz").is_file()]
+            done += len(pids) - len(todo)
+            if not todo:
+                continue
+            ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
+            if not ckpt.is_file():
+                raise SegmentError(f"{ckpt}: fold {k} is not trained; run lamp segment train")
+            net, plans, conf = _load_fold_network(model_dir, int(k), dev)
+            if list(plans.transpose_forward) != [0, 1, 2]:
+                raise SegmentError(
+                    f"{model_dir}: plans transpose the axes "
+                    f"({plans.transpose_forward}); not supported by features yet"
+                )
+            props = plans.foreground_intensity_properties_per_channel["0"]
+            norm = ChannelNormalization(
+                ct_mean=float(props["mean"]),
+                ct_std=float(props["std"]),
+                ct_clip=(float(props["percentile_00_5"]), float(props["percentile_99_5"])),
+            )
+            patch = tuple(int(p) for p in reversed(conf.patch_size))  # (z,y,x) -> (i,j,k)
+            spacing = np.array(list(reversed(conf.spacing)), dtype=float)
+
+            @torch.inference_mode()
+            def model_fn(x, net=net):
+                # (B, C, i, j, k) -> nnU-Net's (B, C, z, y, x) and back
+                prob, feats = net.forward_features(x.permute(0, 1, 4, 3, 2).contiguous())
+                return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
+
+            for pid in todo:
+                pet_zooms = _pet_spacing(cohort, pid)
+                if not np.allclose(pet_zooms, spacing, rtol=0.01):
+                    raise SegmentError(
+                        f"{case_path(cohort, pid, 'pet')}: PET voxel spacing {pet_zooms.tolist()} "
+                        f"mm differs from the network's planned spacing {spacing.tolist()} mm; "
+                        "resampling in the features stage is not supported yet"
+                    )
+                lesions = (
+                    case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
+                )
+                if not Path(lesions).is_file():
+                    raise SegmentError(
+                        f"{lesions}: missing lesion instances of patient {pid}"
+                        + ("" if reference else "; run lamp segment predict")
+                    )
+                organs = case_path(cohort, pid, "organs")
+                extract_case_features(
+                    model_fn,
+                    case_dir(cohort, pid),
+                    lesion_instances=lesions,
+                    organ_labels=organs if organs.is_file() else None,
+                    patch_size=patch,
+                    normalization=norm,
+                    out_path=out_dir / f"{pid}.npz",
+                    device=dev,
+                )
+                done += 1
+                if progress:
+                    progress("features", done, total)
+    tables = [load_case_features(p).table for p in sorted(out_dir.glob("*.npz"))]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    write_text_atomic(out_dir / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
+    return out_dir
+
+
+def _pet_spacing(cohort: Path, pid: str) -> np.ndarray:
+    import nibabel as nib
+
+    return np.array(nib.load(str(case_path(cohort, pid, "pet"))).header.get_zooms()[:3], float)
