@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.segmentation.cli import add_parser as add_segment_parser
 
     add_segment_parser(sub)
+    from lamp.prognosis_cli import add_parsers as add_model_parsers
+
+    add_model_parsers(sub)
 
     d = sub.add_parser(
         "demo",
