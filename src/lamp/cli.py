@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the end-to-end demo on the built-in synthetic cohort",
         description="Run the pipeline end to end on the built-in synthetic cohort. "
-        "Today the stages that exist run: the default synthetic cohort is generated and "
-        "summarised.",
+        "Today it generates and summarises the default synthetic cohort; the segmentation, "
+        "features and prognosis stages exist as commands (lamp segment, lamp features, "
+        "lamp train) but are not run by the demo yet: on a 2-core CPU the segmentation "
+        "training takes hours (docs/segmentation.md).",
     )
     d.add_argument(
         "--out", type=Path, default=None, help=f"output folder (default {default_demo_dir()})"
@@ -225,8 +227,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"      done in {time.perf_counter() - t0:.1f} s")
     _print_summary(summarize(cohort))
     print(
-        "Segmentation, features, prognosis and evaluation stages are not built yet; "
-        "the demo will run them as they land."
+        "Next stages, not run by the demo yet (CPU segmentation training takes hours):\n"
+        f"  lamp segment train --cohort {cohort} --work WORK   (then segment predict)\n"
+        f"  lamp features --cohort {cohort} --work WORK\n"
+        f"  lamp train --cohort {cohort} --work WORK"
     )
     return 0
 
