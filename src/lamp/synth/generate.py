@@ -31,7 +31,7 @@ from lamp.cohort import (
     write_text_atomic,
 )
 from lamp.errors import LampError
-from lamp.images import save_nifti
+from lamp.images import load_nifti, save_nifti
 from lamp.synth.config import SIZES, SynthConfig, validate_config
 from lamp.synth.disease import HAZARD_TERMS, Patient, _dmax, simulate_patient
 from lamp.synth.render import render_patient
@@ -209,12 +209,9 @@ def _render_and_write(args: tuple[Path, dict, int, str, int]) -> tuple[str, np.n
 
 
 def _count_existing(cohort: Path, pid: str, n_lesions: int) -> tuple[np.ndarray, float]:
-    import nibabel as nib
-
-    img = nib.load(str(case_dir(cohort, pid) / CASE_FILES["lesions"]))
-    lab = np.asarray(img.dataobj)
+    lab, affine = load_nifti(case_dir(cohort, pid) / CASE_FILES["lesions"])
     counts = np.bincount(lab.ravel().astype(np.int64), minlength=n_lesions + 1)[1 : n_lesions + 1]
-    return counts, float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+    return counts, float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
 
 
 def _check_out(req: SynthRequest, cfg: SynthConfig) -> dict:

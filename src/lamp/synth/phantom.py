@@ -36,6 +36,7 @@ __all__ = [
     "build_shapes",
     "paint",
     "rasterize",
+    "open_mesh",
     "ORGAN_OF_CODE",
     "CODE",
     "NODAL_ANCHORS",
@@ -211,7 +212,9 @@ class Profile:
 Shape = Ellipsoid | Capsule | Profile
 
 
-def _open_mesh(grid: Grid, lo: np.ndarray, hi: np.ndarray):
+def open_mesh(grid: Grid, lo: np.ndarray, hi: np.ndarray):
+    """(slices, X, Y, Z): the grid's voxel centres inside the world box [lo, hi],
+    as broadcastable 1-D coordinate arrays; None when the box misses the grid."""
     sl = []
     for ax in range(3):
         s = _index_range(grid.axis_coords(ax), lo[ax], hi[ax])
@@ -234,7 +237,7 @@ def rasterize(grid: Grid, shape: Shape):
     """
     if isinstance(shape, Capsule):
         lo, hi = shape.bbox()
-        mesh = _open_mesh(grid, lo, hi)
+        mesh = open_mesh(grid, lo, hi)
         if mesh is None:
             return None
         sl, X, Y, Z = mesh
@@ -261,7 +264,7 @@ def rasterize(grid: Grid, shape: Shape):
             mask &= shape.keep(X, Y, Z)
         return sl, mask
     lo, hi = shape.bbox()
-    mesh = _open_mesh(grid, lo, hi)
+    mesh = open_mesh(grid, lo, hi)
     if mesh is None:
         return None
     sl, X, Y, Z = mesh

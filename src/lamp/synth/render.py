@@ -37,6 +37,7 @@ from lamp.synth.phantom import (
     Ellipsoid,
     Grid,
     build_shapes,
+    open_mesh,
     paint,
 )
 
@@ -131,8 +132,6 @@ def _group(name: str) -> str:
             }.get(prefix, prefix[:-1])
     if name.startswith(VESSELS):
         return "vessel"
-    if name in ("vertebrae_S1",):
-        return "vertebra"
     if name.startswith(("iliopsoas", "autochthon", "gluteus")):
         return "muscle"
     return name
@@ -242,18 +241,12 @@ def _lesion_rho2(grid: Grid, les: Lesion):
     shapes = _lesion_shapes(les)
     lo = np.min([s.bbox()[0] for s in shapes], axis=0)
     hi = np.max([s.bbox()[1] for s in shapes], axis=0)
-    sl = []
-    for ax in range(3):
-        c = grid.axis_coords(ax)
-        idx = np.nonzero((c >= lo[ax]) & (c <= hi[ax]))[0]
-        if idx.size == 0:
-            return None
-        sl.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    X = grid.axis_coords(0)[sl[0]][:, None, None]
-    Y = grid.axis_coords(1)[sl[1]][None, :, None]
-    Z = grid.axis_coords(2)[sl[2]][None, None, :]
+    mesh = open_mesh(grid, lo, hi)
+    if mesh is None:
+        return None
+    sl, X, Y, Z = mesh
     rho2 = np.min(np.broadcast_arrays(*[s.rho2(X, Y, Z) for s in shapes]), axis=0)
-    return tuple(sl), rho2
+    return sl, rho2
 
 
 def _allowed(codes: np.ndarray, les: Lesion) -> np.ndarray:
