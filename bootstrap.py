@@ -7,9 +7,11 @@ Usage (from the repository root, with nothing installed but Python >= 3.11)::
     python3 bootstrap.py test [pytest options]      # set up, then run the test suite
 
 The virtual environment is created in ``.venv/`` next to this file and the package is
-installed into it in editable mode with its test extras. The install is redone only when
-``pyproject.toml`` changes (a stamp file in ``.venv/`` records its hash), so a second call
-starts at once. Only the standard library is used here.
+installed into it in editable mode with its test extras, then the packages of the
+``no-build-isolation`` extra of ``pyproject.toml`` (pyradiomics: no wheel, and its
+``setup.py`` imports numpy, so it builds only against the numpy already installed). The
+install is redone only when ``pyproject.toml`` changes (a stamp file in ``.venv/``
+records its hash), so a second call starts at once. Only the standard library is used here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def _want_stamp() -> str:
     return f"{digest} python{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _no_isolation_requirements() -> list[str]:
+    """The requirements built against the venv's own numpy (``pip --no-build-isolation``)."""
+    import tomllib  # here, so that Python < 3.11 gets ensure_env's message, not an ImportError
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return list(meta["project"].get("optional-dependencies", {}).get("no-build-isolation", []))
+
+
 def ensure_env() -> Path:
     """Create ``.venv`` and install the package into it unless it is already up to date."""
     if sys.version_info < (3, 11):
@@ -54,6 +64,13 @@ def ensure_env() -> Path:
     subprocess.run(
         [str(py), "-m", "pip", "install", *quiet, "-e", f"{ROOT}[test]"], check=True, cwd=ROOT
     )
+    late = _no_isolation_requirements()
+    if late:
+        # without build isolation the build uses the venv's setuptools: make sure it is there
+        subprocess.run([str(py), "-m", "pip", "install", *quiet, "setuptools"], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", *quiet, "--no-build-isolation", *late], check=True
+        )
     STAMP.write_text(want + "\n")
     return py
 

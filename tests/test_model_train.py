@@ -185,3 +185,20 @@ def test_missing_features_and_bad_grid(tmp_path: Path) -> None:
     (work / "features" / "P003.npz").unlink()
     with pytest.raises(LampError, match="missing 1"):
         train_cv(work, cohort, ["pfs"], ["full"], [0], FAST)
+
+
+def test_worker_processes_give_the_same_results(tmp_path, trained) -> None:
+    """The grid fitted in 2 spawned processes equals the one fitted in this process."""
+    cohort, work, _, results = trained
+    import shutil
+
+    work2 = tmp_path / "work"
+    shutil.copytree(work / "features", work2 / "features")
+    again = train_cv(work2, cohort, ["pfs"], ["baseline", "full"], [0], FAST, workers=2)
+    a = results.oof.sort_values(["variant", "patient_id"]).reset_index(drop=True)
+    b = again.oof.sort_values(["variant", "patient_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="risk"), b.drop(columns="risk"))
+    np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-4, atol=1e-5)
+    att1 = pd.read_csv(work / "prognosis" / "lesion_attention.csv")
+    att2 = pd.read_csv(work2 / "prognosis" / "lesion_attention.csv")
+    assert list(att1.columns) == list(att2.columns) and len(att1) == len(att2)

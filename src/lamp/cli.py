@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.prognosis_cli import add_parsers as add_model_parsers
 
     add_model_parsers(sub)
+    from lamp.evaluation.cli import add_parsers as add_evaluate_parsers
+
+    add_evaluate_parsers(sub)
 
     d = sub.add_parser(
         "demo",

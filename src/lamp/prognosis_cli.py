@@ -29,6 +29,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--variant", default="all", choices=VARIANT_CHOICES)
     t.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     t.add_argument("--max-epochs", type=int, default=None)
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes fitting fold models in parallel (default: one per CPU)",
+    )
     t.set_defaults(handler=_train)
 
     p = subparsers.add_parser(
@@ -50,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
     from lamp.errors import LampError
     from lamp.evaluation.metrics import format_table
     from lamp.model.layers import VARIANTS
-    from lamp.model.train import TrainConfig, train_cv
+    from lamp.model.train import TrainConfig, available_cpus, train_cv
 
     if args.seeds < 1:
         raise LampError(f"--seeds must be >= 1, got {args.seeds}")
@@ -59,10 +65,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.max_epochs < 1:
             raise LampError(f"--max-epochs must be >= 1, got {args.max_epochs}")
         cfg = dataclasses.replace(cfg, max_epochs=args.max_epochs)
+    if args.workers is not None and args.workers < 1:
+        raise LampError(f"--workers must be >= 1, got {args.workers}")
+    workers = available_cpus() if args.workers is None else args.workers
     endpoints = ("pfs", "os") if args.endpoint == "both" else (args.endpoint,)
     variants = tuple(VARIANTS) if args.variant == "all" else (args.variant,)
     res = train_cv(
-        args.work, args.cohort, endpoints, variants, tuple(range(args.seeds)), cfg, progress=print
+        args.work, args.cohort, endpoints, variants, tuple(range(args.seeds)), cfg, print, workers
     )
     print(f"{res.n_patients} patients, {len(res.excluded_ids)} without outcome left out")
     print(format_table(res.fold_metrics).to_string())

@@ -32,7 +32,8 @@ Outputs (``WORK/prognosis/``)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,6 +516,97 @@ def _fold_metrics(
     return out, "; ".join(notes)
 
 
+@dataclass(frozen=True)
+class _Task:
+    """One fold model of the grid: everything a worker process needs (plain data)."""
+
+    endpoint: str
+    variant: str
+    seed: int
+    fold: int
+    train_ids: tuple[str, ...]
+    train_times: tuple[float, ...]
+    train_events: tuple[bool, ...]
+    test_ids: tuple[str, ...]
+    config: TrainConfig
+    checkpoint: str
+
+
+_WORKER_FEATURES: dict[str, PatientFeatures] = {}
+
+
+def _init_worker(paths: dict[str, str], threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER_FEATURES.clear()
+    _WORKER_FEATURES.update({p: load_features(path, p) for p, path in paths.items()})
+
+
+def _run_task(task: _Task, features: dict[str, PatientFeatures] | None = None) -> dict[str, Any]:
+    """Fit, predict the held-out fold and save the checkpoint of one grid cell."""
+    features = _WORKER_FEATURES if features is None else features
+    fitted = fit_model(
+        [features[p] for p in task.train_ids],
+        np.array(task.train_times),
+        np.array(task.train_events, dtype=bool),
+        task.variant,
+        task.config,
+        seed=task.seed * 1000 + task.fold,
+    )
+    test_feats = [features[p] for p in task.test_ids]
+    preds = predict(fitted, test_feats)
+    key = {"endpoint": task.endpoint, "variant": task.variant, "seed": task.seed, "fold": task.fold}
+    attention: list[dict[str, Any]] = []
+    for feat, p in zip(test_feats, preds, strict=True):
+        attention.extend(
+            _attention_rows(feat, p, key, task.config.top_organs, fitted.model_config.use_lacf)
+        )
+    _save_checkpoint(Path(task.checkpoint), fitted, key)
+    return {
+        "risks": [float(p["risk"]) for p in preds],
+        "attention": attention,
+        "epochs": fitted.epochs,
+    }
+
+
+def _run_tasks(
+    tasks: list[_Task],
+    features: dict[str, PatientFeatures],
+    paths: dict[str, str],
+    workers: int,
+) -> Iterator[dict[str, Any]]:
+    """The results of ``tasks`` in order, fitted here or in ``workers`` processes.
+
+    Each fit is seeded by its own (seed, fold), so the results do not depend on the
+    number of workers (up to floating-point summation order across thread counts).
+    Worker processes are spawned (not forked: a forked OpenMP runtime can hang) and
+    each uses ``cpu_count // workers`` torch threads.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _run_task(task, features)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(workers, len(tasks))
+    threads = max(1, available_cpus() // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(paths, threads),
+    ) as pool:
+        yield from pool.map(_run_task, tasks)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def train_cv(
     work: str | Path,
     cohort: str | Path,
@@ -523,6 +615,7 @@ def train_cv(
     seeds: Sequence[int] = (0, 1, 2),
     config: TrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> CVResults:
     """Cross-validate every (endpoint, variant, seed) over the cohort's folds.
 
@@ -538,6 +631,8 @@ def train_cv(
     config : TrainConfig, optional
     progress : callable, optional
         Called with one line per fitted fold model.
+    workers : int, default 1
+        Fit the grid's fold models in this many processes (see `available_cpus`).
 
     Returns
     -------
@@ -565,7 +660,8 @@ def train_cv(
             f"{work / 'features'}: expected a feature file for every patient with outcome data, "
             f"missing {len(missing)}: {missing[:10]}"
         )
-    features = {p: load_features(work / "features" / f"{p}.npz", p) for p in table["patient_id"]}
+    paths = {p: str(work / "features" / f"{p}.npz") for p in table["patient_id"]}
+    features = {p: load_features(paths[p], p) for p in table["patient_id"]}
     write_text_atomic(
         out / "config.json",
         json.dumps(
@@ -584,55 +680,62 @@ def train_cv(
         )
         + "\n",
     )
-    oof_rows: list[dict[str, Any]] = []
-    metric_rows: list[dict[str, Any]] = []
-    att_rows: list[dict[str, Any]] = []
+    tasks: list[_Task] = []
+    frames: dict[tuple[str, int], tuple[pd.DataFrame, pd.DataFrame]] = {}
     for endpoint in endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         data = table.copy()
         data[ecol] = data[ecol].astype(int)
+        for fold in sorted(data["fold"].unique()):
+            train = data[data["fold"] != fold]
+            test = data[data["fold"] == fold]
+            if not test.empty:
+                frames[(endpoint, int(fold))] = (train, test)
         for variant in variants:
             for seed in seeds:
                 for fold in sorted(data["fold"].unique()):
-                    train = data[data["fold"] != fold]
-                    test = data[data["fold"] == fold]
-                    if test.empty:
+                    if (endpoint, int(fold)) not in frames:
                         continue
-                    fitted = fit_model(
-                        [features[p] for p in train["patient_id"]],
-                        train[tcol].to_numpy(),
-                        train[ecol].to_numpy().astype(bool),
-                        variant,
-                        config,
-                        seed=seed * 1000 + int(fold),
-                    )
-                    test_feats = [features[p] for p in test["patient_id"]]
-                    preds = predict(fitted, test_feats)
-                    risk = np.array([p["risk"] for p in preds])
-                    key = {
-                        "endpoint": endpoint,
-                        "variant": variant,
-                        "seed": seed,
-                        "fold": int(fold),
-                    }
-                    for p in preds:
-                        oof_rows.append({"patient_id": p["patient_id"], **key, "risk": p["risk"]})
-                    for feat, p in zip(test_feats, preds, strict=True):
-                        att_rows.extend(
-                            _attention_rows(
-                                feat, p, key, config.top_organs, fitted.model_config.use_lacf
-                            )
+                    train, test = frames[(endpoint, int(fold))]
+                    tasks.append(
+                        _Task(
+                            endpoint=endpoint,
+                            variant=variant,
+                            seed=seed,
+                            fold=int(fold),
+                            train_ids=tuple(train["patient_id"]),
+                            train_times=tuple(float(t) for t in train[tcol]),
+                            train_events=tuple(bool(e) for e in train[ecol]),
+                            test_ids=tuple(test["patient_id"]),
+                            config=config,
+                            checkpoint=str(
+                                _checkpoint_path(out, endpoint, variant, seed, int(fold))
+                            ),
                         )
-                    values, note = _fold_metrics(train, test, risk, tcol, ecol, config.auc_months)
-                    metric_rows.append({**key, **values, "epochs": fitted.epochs, "note": note})
-                    _save_checkpoint(
-                        _checkpoint_path(out, endpoint, variant, seed, int(fold)), fitted, key
                     )
-                    if progress is not None:
-                        progress(
-                            f"{endpoint} {variant} seed {seed} fold {fold}: "
-                            f"C-index {values['c_index']:.3f} ({fitted.epochs} epochs)"
-                        )
+    oof_rows: list[dict[str, Any]] = []
+    metric_rows: list[dict[str, Any]] = []
+    att_rows: list[dict[str, Any]] = []
+    for task, result in zip(tasks, _run_tasks(tasks, features, paths, workers), strict=True):
+        key = {
+            "endpoint": task.endpoint,
+            "variant": task.variant,
+            "seed": task.seed,
+            "fold": task.fold,
+        }
+        tcol, ecol = ENDPOINTS[task.endpoint]
+        train, test = frames[(task.endpoint, task.fold)]
+        risk = np.array(result["risks"])
+        for pid, r in zip(task.test_ids, result["risks"], strict=True):
+            oof_rows.append({"patient_id": pid, **key, "risk": r})
+        att_rows.extend(result["attention"])
+        values, note = _fold_metrics(train, test, risk, tcol, ecol, config.auc_months)
+        metric_rows.append({**key, **values, "epochs": result["epochs"], "note": note})
+        if progress is not None:
+            progress(
+                f"{task.endpoint} {task.variant} seed {task.seed} fold {task.fold}: "
+                f"C-index {values['c_index']:.3f} ({result['epochs']} epochs)"
+            )
     oof = pd.DataFrame(
         oof_rows, columns=["patient_id", "endpoint", "variant", "seed", "fold", "risk"]
     )
