@@ -13,8 +13,13 @@ import pytest
 
 from lamp.cli import main
 from lamp.cohort import make_folds, read_folds, write_folds
-from lamp.evaluation.metrics import concordance_index, format_table, time_dependent_auc
-from lamp.evaluation.survival import RULE_OTHER_FOLDS, logrank_test, risk_groups
+from lamp.evaluation.metrics import (
+    MetricError,
+    concordance_index,
+    format_table,
+    time_dependent_auc,
+)
+from lamp.evaluation.survival import RULE_EXACT, RULE_OTHER_FOLDS, logrank_test, risk_groups
 from lamp.evaluation.tables import (
     CEILING_LABEL,
     EvaluationError,
@@ -22,6 +27,7 @@ from lamp.evaluation.tables import (
     evaluate,
     method_slug,
 )
+from lamp.reports.figures import format_p, km_figure
 
 N, N_OUT = 60, 3
 HEADER = "| Methods | PFS C-index | PFS 1y AUC | PFS 2y AUC | OS C-index | OS 1y AUC | OS 2y AUC |"
@@ -50,8 +56,8 @@ def write_cohort(root, truth: bool = True, short_fold0: bool = False, seed: int 
         t_cens = rng.uniform(6.0, 72.0)
         pfs, pev = min(t_event, t_cens) + 0.1, int(t_event <= t_cens)
         oev = int(pev and rng.random() < 0.7)  # a death is a PFS event; OS >= PFS
-        row.update(pfs_months=pfs, pfs_event=pev, os_event=oev,
-                   os_months=pfs + (rng.uniform(0.1, 6.0) if oev else rng.uniform(0.0, 12.0)))  # fmt: skip
+        gap = rng.uniform(0.1, 6.0) if oev else rng.uniform(0.0, 12.0)
+        row.update(pfs_months=pfs, pfs_event=pev, os_months=pfs + gap, os_event=oev)
         if i >= N - N_OUT:
             for c in ("pfs_months", "pfs_event", "os_months", "os_event"):
                 row[c] = None
@@ -142,7 +148,7 @@ def direct_fold_values(cohort, risks, endpoint, fold):
                     train[ecol], train[tcol], test[ecol], test[tcol], test["risk"], [m]
                 )[0]
             )
-        except Exception:
+        except MetricError:
             out.append(np.nan)
     return out
 
@@ -158,7 +164,7 @@ def test_rows_in_the_papers_order_with_missing_rows_noted(evaluated):
     left_out = next(n for n in res.notes if n.startswith("left out"))
     for label in ("Ann Arbor", "Ann Arbor (automatic)", "Guo2021", "Liu2022", "Thiery2025"):
         assert label in left_out
-    assert "IPI (" not in left_out
+    assert "IPI" not in left_out.split(": ", 1)[1].split("; ")
     assert any("toy" in n and "not among the paper's rows" in n for n in res.notes)
     # an endpoint without risks is n/a and said so
     assert res.table1.loc["Meta. Param. (automatic)", "OS C-index"] == "n/a"
@@ -246,16 +252,27 @@ def test_outputs_written(evaluated):
 
 def test_km_figures_for_table1_rows(evaluated, tmp_path):
     cohort, work, _, _, _ = evaluated
-    res = evaluate(work, cohort, methods=["lamp", "IPI"], out=tmp_path / "r", figures=True)
-    names = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    res = evaluate(work, cohort, methods=["lamp_abmla", "IPI"], out=tmp_path / "r")
     # the Table 1 rows only (first seed), not the ablations of Table 2
-    assert names == ["km_os_ipi.png", "km_os_lamp.png", "km_pfs_ipi.png", "km_pfs_lamp.png"]
-    png = (tmp_path / "r" / "km_pfs_lamp.png").read_bytes()
+    assert res.table1.index.tolist() == ["IPI"] and res.table2.index.tolist() == ["w/ ABMLA"]
+    names = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert names == ["km_os_ipi.png", "km_pfs_ipi.png"]
+    png = (tmp_path / "r" / "km_pfs_ipi.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in png
-    assert res.table1.index.tolist() == ["IPI", "LAMP (ours)"]
-    # deterministic: drawing again gives the same bytes
-    evaluate(work, cohort, methods=["lamp"], out=tmp_path / "r2", figures=True)
-    assert (tmp_path / "r2" / "km_pfs_lamp.png").read_bytes() == png
+
+
+def test_km_figure_is_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    groups = {
+        "High risk": (rng.exponential(20, 30) + 0.1, rng.random(30) < 0.6),
+        "Low risk": (rng.exponential(60, 30) + 0.1, rng.random(30) < 0.6),
+        "Empty": (np.array([]), np.array([])),
+    }
+    a = km_figure(tmp_path / "a.png", groups, "PFS", 0.0004).read_bytes()
+    b = km_figure(tmp_path / "b.png", groups, "PFS", 0.0004).read_bytes()
+    assert a == b and a[:4] == b"\x89PNG"
+    assert format_p(0.0004) == "p < 0.001" and format_p(0.0123) == "p = 0.012"
+    assert format_p(float("nan")) == "p = n/a"
 
 
 def test_logrank_rows_follow_the_fold_rule(evaluated):
@@ -310,7 +327,8 @@ def test_missing_fold_is_a_noted_nan_row(tmp_path):
     cohort, work, lp = write_cohort(tmp_path, truth=False)
     write_lamp_oof(cohort, work, lp, variants=("full",), seeds=(0,), drop_fold=3)
     res = evaluate(work, cohort, figures=False)
-    row = res.fold_metrics[(res.fold_metrics["fold"] == 3) & (res.fold_metrics["endpoint"] == "pfs")]
+    fm = res.fold_metrics
+    row = fm[(fm["fold"] == 3) & (fm["endpoint"] == "pfs")]
     assert row["c_index"].isna().all() and (row["note"] == "no out-of-fold risks for fold 3").all()
     assert res.table1.loc["LAMP (ours)", "PFS C-index"].endswith("(4/5 folds)")
     assert any("have no risk and are left out" in n for n in res.notes)
@@ -331,3 +349,41 @@ def test_cli(tmp_path, capsys):
     assert (work / "results" / "table2.md").is_file()
     assert main([*args, "--methods", "guo2021"]) == 2
     assert "no risk file for ['guo2021']" in capsys.readouterr().err
+
+
+def test_stored_training_risks_give_the_exact_split(tmp_path):
+    cohort, work, lp = write_cohort(tmp_path, truth=False)
+    oof = write_baseline_oof(cohort, work, lp, "guo2021", endpoints=("pfs",))
+    # in-sample risks of each fold's training patients: here all 0 except fold 2's = 100
+    pts = scored(cohort)
+    rows = [
+        (p, "pfs", "guo2021", 0, k, 100.0 if k == 2 else 0.0)
+        for k in range(5)
+        for p in pts.loc[pts["fold"] != k, "patient_id"]
+    ]
+    cols = ["patient_id", "endpoint", "method", "seed", "fold", "risk"]
+    pd.DataFrame(rows, columns=cols).to_csv(work / "baselines/guo2021/train_risk.csv", index=False)
+    res = evaluate(work, cohort, figures=False)
+    row = res.logrank.iloc[0]
+    assert row["method"] == "guo2021" and row["rule"] == RULE_EXACT
+    merged = oof.merge(pts[["patient_id"]], on="patient_id")
+    high = ((merged["risk"] > 0) & (merged["fold"] != 2)).sum()  # fold 2: nobody above 100
+    assert row["n_high"] == high and row["n_low"] == len(merged) - high
+
+
+def test_baseline_folder_names_map_to_the_papers_rows(tmp_path):
+    # the names the baseline modules write (lamp.baselines.*), in a scrambled order
+    cohort, work, lp = write_cohort(tmp_path, truth=False)
+    names = ["Thiery2025", "Radiomics (automatic)", "Metabolic (manual)", "Ann Arbor (automatic)",
+             "Guo2021", "Ann Arbor", "IPI", "Liu2022", "Metabolic (automatic)",
+             "Radiomics (manual)", "Ann Arbor (manual masks)"]  # fmt: skip
+    for name in names:
+        write_baseline_oof(cohort, work, lp, name, endpoints=("pfs",))
+    t1, t2, notes = collect_sources(work, cohort)
+    assert [s.label for s in t1] == [
+        "IPI", "Ann Arbor", "Ann Arbor (automatic)", "Ann Arbor (manual masks)",
+        "Meta. Param. (manual)", "Meta. Param. (automatic)", "Radiomics (manual)",
+        "Radiomics (automatic)", "Guo2021", "Liu2022", "Thiery2025",
+    ]  # fmt: skip
+    assert t2 == [] and len(notes) == 1
+    assert notes[0].endswith(f"LAMP and its ablations (no {work / 'prognosis' / 'oof_risk.csv'})")

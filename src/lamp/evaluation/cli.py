@@ -41,7 +41,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from lamp.evaluation.tables import evaluate, to_markdown
+    from lamp.evaluation.tables import TITLES, evaluate, to_markdown
 
     res = evaluate(
         args.work,
@@ -51,9 +51,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         km_seed=args.km_seed,
     )
-    print(to_markdown(res.table1, "Table 1. Comparison (C-index, time-AUC; five-fold CV)"))
+    print(to_markdown(res.table1, TITLES["table1"], res.footnotes["table1"]))
     if len(res.table2):
-        print(to_markdown(res.table2, "Table 2. Ablation studies (five-fold CV)"))
+        print(to_markdown(res.table2, TITLES["table2"], res.footnotes["table2"]))
     lr = res.logrank
     first = lr.sort_values("seed", kind="stable").drop_duplicates(["method", "endpoint"])
     if len(first):

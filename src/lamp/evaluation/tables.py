@@ -52,6 +52,8 @@ __all__ = [
     "AUC_MONTHS",
     "TABLE1_ROWS",
     "TABLE2_ROWS",
+    "OPTIONAL_ROWS",
+    "TITLES",
     "LAMP_METHOD",
     "CEILING_METHOD",
     "RiskSource",
@@ -62,6 +64,7 @@ __all__ = [
     "summarize",
     "layout_table",
     "to_markdown",
+    "table_footnotes",
     "method_slug",
     "logrank_table",
     "evaluate",
@@ -84,14 +87,14 @@ TABLE1_ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("ipi", "IPI", ()),
     ("ann_arbor", "Ann Arbor", ("ann_arbor_clinical",)),
     ("ann_arbor_automatic", "Ann Arbor (automatic)", ("ann_arbor_auto", "automatic_staging")),
-    ("ann_arbor_manual_masks", "Ann Arbor (manual masks)", ()),
+    ("ann_arbor_manual_masks", "Ann Arbor (manual masks)", ()),  # optional, not in the paper
     ("metabolic_manual", "Meta. Param. (manual)", ("meta_param_manual", "metabolic_params_manual")),
     (
         "metabolic_automatic",
         "Meta. Param. (automatic)",
         ("metabolic_auto", "meta_param_automatic", "metabolic_params_automatic"),
     ),
-    ("radiomics", "Radiomics", ()),
+    ("radiomics", "Radiomics", ()),  # optional: one radiomics row without a mask tag
     ("radiomics_manual", "Radiomics (manual)", ()),
     ("radiomics_automatic", "Radiomics (automatic)", ("radiomics_auto",)),
     ("guo2021", "Guo2021", ()),
@@ -106,6 +109,13 @@ TABLE2_ROWS: tuple[tuple[str, str, str], ...] = (
     ("lacf", "lamp_lacf", "w/ LACF"),
     ("full", LAMP_METHOD, "Full model"),
 )
+# rows not reported as "left out" when absent (variants of a paper row, not paper rows)
+OPTIONAL_ROWS = frozenset({"ann_arbor_manual_masks", "radiomics"})
+TITLES = {
+    "table1": "Table 1. Comparison results using C-index and Time-AUC metrics under five-fold "
+    "cross-validation.",
+    "table2": "Table 2. Ablation studies under five-fold cross-validation.",
+}
 _PROGNOSIS_COLUMNS = ["patient_id", "endpoint", "variant", "seed", "fold", "risk"]
 
 
@@ -165,6 +175,8 @@ class Evaluation:
         under the markdown tables.
     files : list of Path
         Everything written.
+    footnotes : dict
+        ``{"table1": [...], "table2": [...]}``: the legend under each table.
     """
 
     table1: pd.DataFrame
@@ -174,6 +186,7 @@ class Evaluation:
     logrank: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    footnotes: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -302,8 +315,8 @@ def collect_sources(
         names = {_norm(key), *(_norm(a) for a in aliases)}
         match = [f for f in found if _norm(f) in names]
         if not match:
-            if want(key):
-                left_out.append(f"{label} ({base_dir / key / 'oof_risk.csv'})")
+            if want(key) and key not in OPTIONAL_ROWS:
+                left_out.append(label)
             continue
         if len(match) > 1:
             raise EvaluationError(
@@ -342,7 +355,7 @@ def collect_sources(
                 if variant == "full":
                     t1.append(RiskSource(key, TABLE1_ROWS[-1][1], lamp_path, src.oof, tr))
         else:
-            left_out.append(f"LAMP and its ablations ({lamp_path})")
+            left_out.append(f"LAMP and its ablations (no {lamp_path})")
     if want(CEILING_METHOD):
         ceiling = _truth_source(cohort, table)
         if ceiling is not None:
@@ -363,7 +376,11 @@ def collect_sources(
                 f"methods: no risk file for {absent}; risk files found for {have}"
             )
     if left_out:
-        notes.insert(0, "left out (no out-of-fold risk file): " + "; ".join(left_out))
+        notes.insert(
+            0,
+            f"left out (no out-of-fold risk file under {base_dir} or {lamp_path.parent}): "
+            + "; ".join(left_out),
+        )
     return t1, t2, notes
 
 
@@ -688,7 +705,8 @@ def logrank_table(
 # --------------------------------------------------------------------------------------
 
 
-def _footnotes(summary: pd.DataFrame, methods: set[str]) -> list[str]:
+def table_footnotes(summary: pd.DataFrame, methods: set[str]) -> list[str]:
+    """The legend under a table: what a cell means, and "(k/n folds)" where used."""
     part = summary[summary["method"].isin(methods)]
     notes = [
         "Cells: mean over folds (per seed), ± standard deviation over seeds; "
@@ -794,14 +812,18 @@ def evaluate(
         part["_o"] = part["method"].map(order)
         return part.sort_values(["_o"], kind="stable").drop(columns="_o")
 
+    footnotes = {
+        "table1": table_footnotes(summary, {s.method for s in t1}),
+        "table2": table_footnotes(summary, {s.method for s in t2}),
+    }
     files = [
         write_text_atomic(out / "table1.csv", _csv(long(t1, "table1"))),
         write_text_atomic(
             out / "table1.md",
             to_markdown(
                 table1,
-                "Table 1. C-index and time-AUC under five-fold cross-validation.",
-                _footnotes(summary, {s.method for s in t1}) + notes,
+                TITLES["table1"],
+                footnotes["table1"] + notes,
             ),
         ),
         write_text_atomic(out / "table2.csv", _csv(long(t2, "table2"))),
@@ -809,8 +831,8 @@ def evaluate(
             out / "table2.md",
             to_markdown(
                 table2,
-                "Table 2. Ablation studies under five-fold cross-validation.",
-                _footnotes(summary, {s.method for s in t2}),
+                TITLES["table2"],
+                footnotes["table2"],
             ),
         ),
         write_text_atomic(out / "fold_metrics.csv", _csv(fm)),
@@ -829,4 +851,4 @@ def evaluate(
         "notes": notes,
     }
     files.append(write_text_atomic(out / "evaluate.json", json.dumps(record, indent=2) + "\n"))
-    return Evaluation(table1, table2, summary, fm, lr, notes, files)
+    return Evaluation(table1, table2, summary, fm, lr, notes, files, footnotes)
