@@ -202,3 +202,31 @@ def test_worker_processes_give_the_same_results(tmp_path, trained) -> None:
     att1 = pd.read_csv(work / "prognosis" / "lesion_attention.csv")
     att2 = pd.read_csv(work2 / "prognosis" / "lesion_attention.csv")
     assert list(att1.columns) == list(att2.columns) and len(att1) == len(att2)
+
+
+def test_marginal_hazards_and_head_init() -> None:
+    """The life-table hazards by hand; at init the head predicts them for everyone, which is
+    the likelihood's optimum for a model without covariates (zero gradient on the bias)."""
+    from lamp.model.layers import LAMP, ModelConfig
+    from lamp.model.loss import nll_survival_loss
+    from lamp.model.train import _init_head, marginal_hazards
+
+    bins = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    events = np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=bool)
+    # bin 0: 1 event / 8 at risk; bin 1: 2 / 6; bin 2: 1 / 3; bin 3: 0 / 1 -> clipped 0.01
+    np.testing.assert_allclose(marginal_hazards(bins, events, 4), [1 / 8, 2 / 6, 1 / 3, 0.01])
+    model = LAMP(ModelConfig(n_bins=3, feature_dim=8, attn_dim=4, gate_dim=4))
+    b3, e3 = np.minimum(bins, 2), events
+    _init_head(model, b3, e3)
+    assert torch.count_nonzero(model.head.weight) == 0
+    rng = np.random.default_rng(0)
+    lesions = torch.as_tensor(rng.normal(size=(8, 3, 8)), dtype=torch.float32)
+    organs = torch.as_tensor(rng.normal(size=(8, 5, 8)), dtype=torch.float32)
+    logits = model(lesions, torch.ones(8, 3, dtype=torch.bool), organs,
+                   torch.ones(8, 5, dtype=torch.bool))["logits"]  # fmt: skip
+    np.testing.assert_allclose(
+        torch.sigmoid(logits).detach().numpy(), np.tile([1 / 8, 2 / 6, 1 / 3], (8, 1)), rtol=1e-5
+    )
+    loss = nll_survival_loss(logits, torch.as_tensor(b3), torch.as_tensor(e3, dtype=torch.float32))
+    loss.backward()
+    assert model.head.bias.grad.abs().max() < 1e-5

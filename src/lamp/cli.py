@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.evaluation.cli import add_parsers as add_evaluate_parsers
 
     add_evaluate_parsers(sub)
+    from lamp.baselines.cli import add_parsers as add_baseline_parsers
+
+    add_baseline_parsers(sub)
 
     d = sub.add_parser(
         "demo",

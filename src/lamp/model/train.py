@@ -116,6 +116,10 @@ class TrainConfig:
     top_organs : int, default 3
         Organ attentions written per lesion.
     auc_months : tuple of float, default (12.0, 24.0)
+    head_init : {"marginal", "default"}, default "marginal"
+        "marginal": the output layer starts with zero weights and the training fold's
+        life-table hazards as bias (`marginal_hazards`); "default": PyTorch's random
+        initialisation. The paper does not say; see docs/prognosis.md for why.
     """
 
     n_bins: int = 4
@@ -132,6 +136,7 @@ class TrainConfig:
     alpha: float = 0.0
     top_organs: int = 3
     auc_months: tuple[float, ...] = (12.0, 24.0)
+    head_init: str = "marginal"
 
     def __post_init__(self) -> None:
         positive = ("n_bins", "batch_size", "max_epochs", "eval_every", "top_organs")
@@ -139,6 +144,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise LampError(f"TrainConfig.{name}: expected an integer >= 1, got {value!r}")
+        if self.head_init not in ("marginal", "default"):
+            raise LampError(
+                f"TrainConfig.head_init: expected 'marginal' or 'default', got {self.head_init!r}"
+            )
         if not self.lr > 0:
             raise LampError(f"TrainConfig.lr: expected > 0, got {self.lr!r}")
         if not 0.0 < self.inner_val_fraction < 1.0:
@@ -334,12 +343,15 @@ def _fit_fixed(
     )
     torch.manual_seed(seed)
     model = LAMP(model_config)
+    bins = assign_bins(times, edges)
+    if config.head_init == "marginal":
+        _init_head(model, bins, events)
     rng = np.random.default_rng(seed)
     hook = on_epoch(model, std) if on_epoch is not None else None
     _train_epochs(
         model,
         _standardize(patients, std),
-        assign_bins(times, edges),
+        bins,
         events,
         config,
         epochs,
@@ -348,6 +360,33 @@ def _fit_fixed(
     )
     model.eval()
     return FittedModel(model, model_config, std, edges, epochs, [p.patient_id for p in patients])
+
+
+def marginal_hazards(bins: np.ndarray, events: np.ndarray, n_bins: int) -> np.ndarray:
+    """Maximum-likelihood hazard per bin of a model without covariates.
+
+    Under the discrete-time likelihood of `nll_survival_loss`, a patient whose event
+    falls in bin y contributes h_y and (1 - h_k) for k < y, a patient censored in bin y
+    contributes (1 - h_k) for k <= y; so the MLE is h_k = d_k / n_k with d_k the events
+    in bin k and n_k the patients whose bin is >= k (the life-table estimate). Clipped
+    to [0.01, 0.99] so that its logit stays finite.
+    """
+    bins = np.asarray(bins, np.int64)
+    events = np.asarray(events, bool)
+    d = np.bincount(bins[events], minlength=n_bins)[:n_bins].astype(np.float64)
+    at_risk = np.array([(bins >= k).sum() for k in range(n_bins)], dtype=np.float64)
+    h = np.divide(d, at_risk, out=np.full(n_bins, 0.5), where=at_risk > 0)
+    return np.clip(h, 0.01, 0.99)
+
+
+def _init_head(model: LAMP, bins: np.ndarray, events: np.ndarray) -> None:
+    """Zero head weights and bias = logit of the marginal hazards: the untrained network
+    predicts the training fold's life table for everyone (risk uninformative, not
+    random), and training learns only the departures from it."""
+    h = marginal_hazards(bins, events, model.head.out_features)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.as_tensor(np.log(h / (1.0 - h)), dtype=model.head.bias.dtype))
 
 
 def _select_epochs(
