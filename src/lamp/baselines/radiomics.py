@@ -18,15 +18,18 @@ What the source says and what is chosen here (``reference/baselines.md``, "Radio
   glszm, gldm and ngtdm on the original image: 107 features per region. LoG (σ 2 and
   6 mm) and wavelet images, used by the source, are available through
   ``RadiomicsConfig.filters`` but off by default: they multiply the features by ~10 (more
-  than the patients) and the extraction time by ~10 (measured on a ``small`` synthetic
-  patient, 2-core machine: ~0.3-0.5 s per patient for the original image, 4-10 s with
-  LoG + wavelet).
+  than the patients) and the extraction time by ~10 or more (measured with
+  ``benchmarks/bench_baselines_radiomics.py`` on 3 ``small`` synthetic patients, 2-core
+  machine: median 0.5 s per patient for the original image, ≈ 2 min for 229 patients;
+  2-24 s, median 6 s, per patient with LoG + wavelet, ≈ 25 min).
 * **Resampling.** Isotropic 4 mm (the source: 2 mm) with linear interpolation of the PET
   (IBSI's reference choice; no B-spline overshoot into negative SUV) and pyradiomics'
   nearest-neighbour resampling of the mask. Isotropic voxels make the texture matrices
   rotation-consistent across patients with different voxel sizes; 2 mm is not used
   because the PET grids here are 4-6 mm (the synthetic ``small`` PET is 6 mm): 2 mm makes
-  27 times more voxels than 6 mm and ~8 times more than 4 mm without adding information.
+  27 times more voxels than 6 mm and ~8 times more than 4 mm without adding information
+  (and costs 2.5 times the extraction time: median 1.3 s per patient, measured as above).
+  ``resampled_spacing_mm=2.0`` gives the source's setting.
 * **Discretisation.** Fixed bin width 0.3 SUV (the source allows bin count 64 or width 0.3
   SUV). A fixed width keeps a grey level tied to an SUV, which suits calibrated PET
   (IBSI; Leijenaar et al. 2015), where a fixed bin count would rescale each region's range.
@@ -453,10 +456,14 @@ def cohort_radiomics(
     cache, settings_file = folder / "features.csv", folder / "extraction.json"
     want = json.dumps(config.extraction(), indent=2, sort_keys=True) + "\n"
     rows: dict[str, dict[str, Any]] = {}
-    if cache.is_file() and settings_file.is_file() and settings_file.read_text() == want:
+    same_settings = settings_file.is_file() and settings_file.read_text() == want
+    if cache.is_file() and same_settings:
         old = pd.read_csv(cache, dtype={"patient_id": str})
         if list(old.columns) == columns:
             rows = {r["patient_id"]: r for r in old.to_dict("records")}
+    elif not same_settings:
+        # features of other settings must not outlive the new extraction.json
+        cache.unlink(missing_ok=True)
     todo = []
     for pid in patient_ids:
         row = rows.get(pid)
@@ -504,13 +511,16 @@ def univariate_concordance(
     -------
     ndarray, shape (p,)
         ``(concordant + ties / 2) / comparable`` over the pairs (i, j) with an event at
-        ``time[i] < time[j]`` (as ``sksurv.metrics.concordance_index_censored``); 0.5
-        for every column when no pair is comparable.
+        ``time[i]`` and ``time[i] < time[j]``, or ``time[i] == time[j]`` with j censored;
+        scores within 1e-8 are tied (as ``sksurv.metrics.concordance_index_censored``).
+        0.5 for every column when no pair is comparable.
     """
     x = np.asarray(x, dtype=np.float64)
     time = np.asarray(time, dtype=np.float64)
     event = np.asarray(event).astype(bool)
-    comparable = event[:, None] & (time[:, None] < time[None, :])
+    later = time[:, None] < time[None, :]
+    censored_same_time = (time[:, None] == time[None, :]) & ~event[None, :]
+    comparable = event[:, None] & (later | censored_same_time)
     n_pairs = int(comparable.sum())
     if n_pairs == 0:
         return np.full(x.shape[1], 0.5)
@@ -519,7 +529,9 @@ def univariate_concordance(
     step = max(1, 2_000_000 // n_pairs)  # bound the (pairs, columns) temporaries
     for start in range(0, x.shape[1], step):
         xi, xj = x[i, start : start + step], x[j, start : start + step]
-        out[start : start + step] = ((xi > xj).sum(0) + 0.5 * (xi == xj).sum(0)) / n_pairs
+        tied = np.abs(xi - xj) <= 1e-8
+        out[start : start + step] = ((xi > xj) & ~tied).sum(0) + 0.5 * tied.sum(0)
+    out /= n_pairs
     return out
 
 
@@ -530,6 +542,20 @@ def _spearman(x: NDArray[np.float64]) -> NDArray[np.float64]:
     norms[norms == 0] = 1.0
     ranks /= norms
     return ranks.T @ ranks
+
+
+def _as_float(x: pd.DataFrame) -> pd.DataFrame:
+    try:
+        return x.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BaselineError(f"radiomics: expected numeric features, got {exc}") from None
+
+
+def _impute(x: pd.DataFrame, medians: pd.Series) -> pd.DataFrame:
+    """``x[medians.index]`` with each NaN replaced by its column's training median."""
+    values = x[medians.index].to_numpy(copy=True)
+    values = np.where(np.isnan(values), medians.to_numpy()[None, :], values)
+    return pd.DataFrame(values, index=x.index, columns=medians.index)
 
 
 class RadiomicsSurvivalModel:
@@ -585,17 +611,18 @@ class RadiomicsSurvivalModel:
                 f"radiomics: no event among the {len(x)} training patients; a survival "
                 "model cannot be fitted"
             )
-        numeric = x.apply(pd.to_numeric, errors="coerce").astype(np.float64)
-        self.medians_ = numeric.median(skipna=True).dropna()
-        filled = numeric[self.medians_.index].fillna(self.medians_)
-        varying = filled.columns[filled.nunique() > 1]
-        if len(varying) == 0:
+        numeric = _as_float(x)
+        self.medians_ = numeric.median(skipna=True).dropna()  # all-NaN columns leave here
+        filled = _impute(numeric, self.medians_)
+        varying = (filled.max(0) > filled.min(0)).to_numpy()
+        if not varying.any():
             raise BaselineError(
                 f"radiomics: no feature varies among the {len(x)} training patients"
             )
-        values = filled[varying].to_numpy()
+        names = self.medians_.index[varying]
+        values = filled.to_numpy()[:, varying]
         conc = univariate_concordance(values, time_a, event_a)
-        self.concordance_ = pd.Series(conc, index=varying)
+        self.concordance_ = pd.Series(conc, index=names)
         order = np.argsort(-np.abs(conc - 0.5), kind="stable")
         rho = _spearman(values)
         kept: list[int] = []
@@ -604,7 +631,7 @@ class RadiomicsSurvivalModel:
                 kept.append(int(j))
                 if len(kept) == cfg.n_select:
                     break
-        self.selected_ = [str(varying[k]) for k in kept]
+        self.selected_ = [str(names[k]) for k in kept]
         z = filled[self.selected_].to_numpy()
         self.mean_ = z.mean(0)
         self.std_ = z.std(0)
@@ -627,15 +654,29 @@ class RadiomicsSurvivalModel:
             self.alpha_, self.estimator_ = self._fit_coxnet(z, y, time_a, event_a)
         return self
 
-    def _coxnet(self, alphas: NDArray | None = None) -> Any:
+    def _coxnet(self, alphas: NDArray | None, alpha_min_ratio: float = 0.01) -> Any:
         from sksurv.linear_model import CoxnetSurvivalAnalysis
 
         cfg = self.config
         if alphas is None:
             return CoxnetSurvivalAnalysis(
-                l1_ratio=cfg.l1_ratio, n_alphas=cfg.n_alphas, alpha_min_ratio=cfg.alpha_min_ratio
+                l1_ratio=cfg.l1_ratio, n_alphas=cfg.n_alphas, alpha_min_ratio=alpha_min_ratio
             )
         return CoxnetSurvivalAnalysis(l1_ratio=cfg.l1_ratio, alphas=alphas)
+
+    def _penalty_path(self, z: NDArray, y: NDArray) -> NDArray[np.float64]:
+        """The decreasing alphas of the full training fold's path (shortened if it diverges)."""
+        ratio = self.config.alpha_min_ratio
+        while True:
+            try:
+                path = self._coxnet(None, ratio).fit(z, y).alphas_
+                return np.asarray(path, dtype=np.float64)
+            except ArithmeticError:  # sksurv: weights too large at the smallest alphas
+                if ratio >= 0.5:
+                    raise BaselineError(
+                        "radiomics: the penalised Cox model diverges on this training fold"
+                    ) from None
+                ratio = min(0.5, ratio * 10)
 
     def _fit_coxnet(
         self, z: NDArray, y: NDArray, time: NDArray, event: NDArray[np.bool_]
@@ -644,29 +685,30 @@ class RadiomicsSurvivalModel:
         from sklearn.model_selection import KFold, StratifiedKFold
 
         with warnings.catch_warnings():
-            # a path stopped at max_iter still gives usable coefficients; the inner CV
-            # judges them like any other
+            # a path stopped at max_iter still gives usable coefficients, and an all-zero
+            # model (the largest alpha, chosen when no feature helps) a constant risk; the
+            # inner CV judges them like any other
             warnings.simplefilter("ignore", ConvergenceWarning)
-            alphas = self._coxnet().fit(z, y).alphas_
+            warnings.filterwarnings("ignore", "all coefficients are zero", UserWarning)
+            alphas = self._penalty_path(z, y)
             n_ev, n_cens = int(event.sum()), int((~event).sum())
             k = min(self.config.inner_folds, n_ev, n_cens)
             if k >= 2:
                 cv: Any = StratifiedKFold(k, shuffle=True, random_state=self.seed)
             else:  # too few events or censored patients to stratify
-                cv = KFold(min(self.config.inner_folds, len(z)), shuffle=True,
-                           random_state=self.seed)  # fmt: skip
+                n_splits = min(self.config.inner_folds, len(z))
+                cv = KFold(n_splits, shuffle=True, random_state=self.seed)
             splits = list(cv.split(z, event))
             scores = np.full((len(splits), len(alphas)), np.nan)
             for f, (tr, va) in enumerate(splits):
-                if not event[tr].any():
-                    continue
+                if not event[tr].any() or not event[va].any():
+                    continue  # nothing to fit on, or nothing to score
                 try:
                     inner = self._coxnet(alphas).fit(z[tr], y[tr])
                 except ArithmeticError:  # sksurv: weights too large at the smallest alphas
                     continue
                 preds = np.stack([inner.predict(z[va], alpha=a) for a in alphas], axis=1)
-                if (event[va][:, None] & (time[va][:, None] < time[va][None, :])).any():
-                    scores[f] = univariate_concordance(preds, time[va], event[va])
+                scores[f] = univariate_concordance(preds, time[va], event[va])
             mean = np.nanmean(scores, axis=0) if np.isfinite(scores).any() else None
             if mean is None:
                 best = len(alphas) // 2  # no inner fold could be scored
@@ -687,11 +729,10 @@ class RadiomicsSurvivalModel:
 
     def predict(self, x: pd.DataFrame) -> NDArray[np.float64]:
         """Risk of each row of ``x`` (higher = worse): Cox linear predictor or forest risk."""
-        numeric = x.apply(pd.to_numeric, errors="coerce").astype(np.float64)
-        missing = [c for c in self.selected_ if c not in numeric.columns]
+        missing = [c for c in self.selected_ if c not in x.columns]
         if missing:
             raise BaselineError(f"radiomics: rows lack the selected features {missing[:5]}")
-        z = numeric[self.selected_].fillna(self.medians_[self.selected_]).to_numpy()
+        z = _impute(_as_float(x[self.selected_]), self.medians_[self.selected_]).to_numpy()
         z = (z - self.mean_) / self.std_
         if self.alpha_ is None:
             return np.asarray(self.estimator_.predict(z), dtype=np.float64)
