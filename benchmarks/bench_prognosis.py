@@ -28,10 +28,10 @@ import torch
 
 from lamp.cohort import make_folds, write_folds
 from lamp.evaluation.metrics import concordance_index, format_table
-from lamp.model.batching import Standardizer, collate, load_features
+from lamp.model.batching import StackedPatients, Standardizer, load_features
 from lamp.model.layers import LAMP, ModelConfig
 from lamp.model.loss import nll_survival_loss
-from lamp.model.train import TrainConfig, train_cv
+from lamp.model.train import TrainConfig, _standardize, available_cpus, train_cv
 
 D, K = 128, 71
 
@@ -82,8 +82,9 @@ def write_cohort(root: Path, n: int = 229, n_without: int = 34, seed: int = 0) -
 def time_batching(work: Path, n_patients: int = 160, repeats: int = 3) -> tuple[float, float]:
     """Seconds per epoch (full model, 32-patient steps): batch-1 accumulation, padded batch."""
     paths = sorted((work / "features").glob("*.npz"))[:n_patients]
-    pats = [load_features(p) for p in paths]
-    std = Standardizer.fit(pats)
+    raw = [load_features(p) for p in paths]
+    # Both paths read the same standardised, pre-stacked set, as training does.
+    pats = StackedPatients(_standardize(raw, Standardizer.fit(raw)))
     rng = np.random.default_rng(0)
     bins = torch.as_tensor(rng.integers(0, 4, len(pats)))
     events = torch.as_tensor(rng.integers(0, 2, len(pats)))
@@ -95,7 +96,7 @@ def time_batching(work: Path, n_patients: int = 160, repeats: int = 3) -> tuple[
         for start in range(0, len(pats), 32):
             opt.zero_grad()
             for i in range(start, min(start + 32, len(pats))):
-                logits = model(*collate([pats[i]], std).inputs())["logits"]
+                logits = model(*pats.take([i]).inputs())["logits"]
                 (nll_survival_loss(logits, bins[i : i + 1], events[i : i + 1]) / 32).backward()
             opt.step()
 
@@ -103,7 +104,7 @@ def time_batching(work: Path, n_patients: int = 160, repeats: int = 3) -> tuple[
         for start in range(0, len(pats), 32):
             idx = slice(start, start + 32)
             opt.zero_grad()
-            logits = model(*collate(pats[idx], std).inputs())["logits"]
+            logits = model(*pats.take(np.arange(len(pats))[idx]).inputs())["logits"]
             (nll_survival_loss(logits, bins[idx], events[idx]) / 32).backward()
             opt.step()
 
@@ -122,11 +123,12 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=TrainConfig().max_epochs)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="keep files here")
+    parser.add_argument("--workers", type=int, default=available_cpus())
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_prognosis_"))
     truth = write_cohort(root)
     print(f"synthetic cohort (random features, planted signal): {root}")
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"torch threads: {torch.get_num_threads()}, grid worker processes: {args.workers}")
 
     t_acc, t_pad = time_batching(root / "work")
     print(
@@ -138,7 +140,7 @@ def main() -> None:
     t0 = time.perf_counter()
     results = train_cv(
         root / "work", root / "cohort", ["pfs", "os"], ["baseline", "abmla", "lacf", "full"],
-        list(range(args.seeds)), config,
+        list(range(args.seeds)), config, workers=args.workers,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     n_fits = len(results.fold_metrics)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from lamp.model.batching import FeatureFileError, Standardizer, collate, load_features
+from lamp.model.batching import (
+    FeatureFileError,
+    StackedPatients,
+    Standardizer,
+    collate,
+    load_features,
+)
 from lamp.model.layers import LAMP, VARIANTS, ModelConfig
 from lamp.model.loss import nll_survival_loss
 
@@ -39,6 +45,16 @@ def test_load_and_collate(tmp_path: Path) -> None:
     # Only zero-lesion patients: the lesion axis still has length 1, all masked.
     empty = collate([pats[1]], None)
     assert empty.lesions.shape == (1, 1, D) and not empty.lesion_mask.any()
+
+
+def test_stacked_take_equals_collate(tmp_path: Path) -> None:
+    pats = [load_features(_write(tmp_path / f"p{j}.npz", j, j)) for j in (3, 0, 5, 1)]
+    stacked = StackedPatients(pats)
+    for idx in ([2, 0], [1], [3, 1, 0], [0, 1, 2, 3]):
+        a, b = stacked.take(idx), collate([pats[i] for i in idx], None)
+        assert a.patient_ids == b.patient_ids
+        for x, y in zip(a.inputs(), b.inputs(), strict=True):
+            assert x.shape == y.shape and torch.equal(x, y)
 
 
 def test_zero_lesions_saved_as_empty_1d(tmp_path: Path) -> None:

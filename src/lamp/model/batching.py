@@ -40,6 +40,7 @@ __all__ = [
     "Standardizer",
     "load_features",
     "collate",
+    "StackedPatients",
 ]
 
 FEATURE_KEYS: tuple[str, ...] = (
@@ -252,3 +253,36 @@ def collate(patients: Sequence[PatientFeatures], standardizer: Standardizer | No
         organ_present=torch.from_numpy(present),
         patient_ids=tuple(p.patient_id for p in patients),
     )
+
+
+class StackedPatients:
+    """A training set collated once; `take` slices the padded batch of any subset.
+
+    Equivalent to ``collate([patients[i] for i in idx], None)`` (same tensors, padded
+    to the subset's own largest lesion count) without re-stacking numpy arrays at every
+    optimiser step.
+
+    Parameters
+    ----------
+    patients : sequence of PatientFeatures (already standardised if that is wanted)
+    """
+
+    def __init__(self, patients: Sequence[PatientFeatures]) -> None:
+        self._all = collate(patients, None)
+        self._n_lesions = np.array([p.n_lesions for p in patients], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._n_lesions)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> Batch:
+        """The padded batch of the patients at positions ``idx``, in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        j = max(1, int(self._n_lesions[idx].max())) if idx.size else 1
+        t = torch.from_numpy(idx)
+        return Batch(
+            lesions=self._all.lesions[t, :j],
+            lesion_mask=self._all.lesion_mask[t, :j],
+            organs=self._all.organs[t],
+            organ_present=self._all.organ_present[t],
+            patient_ids=tuple(self._all.patient_ids[i] for i in idx),
+        )

@@ -56,6 +56,7 @@ from lamp.model.batching import (
     Batch,
     FeatureFileError,
     PatientFeatures,
+    StackedPatients,
     Standardizer,
     collate,
     load_features,
@@ -244,12 +245,13 @@ def _train_epochs(
     bins_t = torch.as_tensor(bins)
     events_t = torch.as_tensor(events, dtype=torch.float32)
     n = len(patients)
+    stacked = StackedPatients(patients)
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(n)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            batch = collate([patients[i] for i in idx], None)
+            batch = stacked.take(idx)
             logits = model(*batch.inputs())["logits"]
             # Sum / 32 = the gradient of 32 accumulated batch-1 steps of loss / 32.
             loss = nll_survival_loss(
