@@ -23,6 +23,8 @@ BASELINE_NAMES = (
     "Guo2021",
     "Liu2022",
     "Thiery2025",
+    "Ann Arbor (manual masks)",
+    "Thiery2025 (manual masks)",
 )
 
 
