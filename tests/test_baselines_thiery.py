@@ -229,14 +229,15 @@ def test_run_respects_folds_and_scores_every_patient(tmp_path):
         work, cohort, ["pfs", "os"], [0], masks="manual", config=ThieryConfig.tiny(),
         lesions=lesions,
     )  # fmt: skip
-    assert set(oof["method"]) == {METHOD}
+    name = f"{METHOD} (manual masks)"  # the automatic masks' row is plain METHOD
+    assert set(oof["method"]) == {name}
     assert len(oof) == 27 * 2 and np.isfinite(oof["risk"]).all()
     merged = oof.merge(read_folds(cohort / "folds.csv"), on="patient_id", suffixes=("", "_c"))
     assert (merged["fold"] == merged["fold_c"]).all()
     assert {"P027", "P028", "P029"}.isdisjoint(oof["patient_id"])
-    config = json.loads((work / "baselines" / METHOD / "config.json").read_text())
+    config = json.loads((work / "baselines" / name / "config.json").read_text())
     assert config["settings"]["masks"] == "manual" and config["settings"]["epochs"] == 5
-    assert (work / "baselines" / METHOD / "oof_risk.csv").is_file()
+    assert (work / "baselines" / name / "oof_risk.csv").is_file()
 
 
 def test_same_seed_same_risks_and_no_global_side_effects(tmp_path):
