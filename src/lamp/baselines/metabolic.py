@@ -208,9 +208,11 @@ def _check_body(clinical: pd.DataFrame, source: str) -> tuple[np.ndarray, list[s
         text = clinical[col].notna().to_numpy() & np.isnan(v)
         out = ~np.isnan(v) & ((v < lo) | (v > hi))
         for r in np.flatnonzero(text | out):
+            cell = clinical[col].iloc[r]
+            got = repr(cell) if isinstance(cell, str) else f"{float(cell):g}"
             problems.append(
                 f"patient {clinical['patient_id'].iloc[r]}, column {col!r}: expected {unit} in "
-                f"[{lo:g}, {hi:g}], got {clinical[col].iloc[r]!r}"
+                f"[{lo:g}, {hi:g}], got {got}"
             )
         values[col] = v
     if problems:
