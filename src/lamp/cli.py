@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.baselines.cli import add_parsers as add_baseline_parsers
 
     add_baseline_parsers(sub)
+    from lamp.organs_cli import add_parsers as add_organs_parsers
+
+    add_organs_parsers(sub)
 
     d = sub.add_parser(
         "demo",

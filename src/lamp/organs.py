@@ -16,7 +16,13 @@ Organ masks enter as TotalSegmentator's [1]_ ``total`` label map (v2: 117 classe
   already installed. It never downloads anything and switches TotalSegmentator's usage
   statistics off; everywhere else it explains how to supply the masks instead. It is the
   only place in LAMP that imports ``totalsegmentator``, and only when called: the package
-  is not a dependency of LAMP.
+  is not a dependency of LAMP. `check_totalsegmentator` checks the installation alone.
+* `segment_cohort_organs` runs it over a cohort (``lamp organs``): for every patient
+  without ``cases/<patient_id>/organs.nii.gz``, TotalSegmentator on the CT, the result
+  checked to be the 'total' map and resampled onto the PET grid, written atomically;
+  resumable, one failing patient does not stop the others. `check_cohort_organs`
+  (``lamp organs --check``) lists missing masks, masks off the PET grid and how many
+  patients have each of the 71 groups absent.
 
 Absent organs. An organ can be missing from a scan (outside the field of view, resected,
 not found). It is then *absent*: its flag in ``present`` is False and its group id occurs
@@ -43,29 +49,55 @@ import json
 import os
 import shutil
 import tempfile
+import textwrap
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lamp.anatomy import N_GROUPS, N_TOTAL_CLASSES, TOTAL_IDS, groups_present, merge_to_groups
-from lamp.cohort import write_text_atomic
+from lamp.anatomy import (
+    GROUPS,
+    N_GROUPS,
+    N_TOTAL_CLASSES,
+    TOTAL_IDS,
+    groups_present,
+    merge_to_groups,
+)
+from lamp.cohort import case_path, check_patient_id, read_clinical, write_text_atomic
 from lamp.errors import LampError
-from lamp.images import load_nifti, resample_to_grid, same_grid
+from lamp.images import (
+    load_nifti,
+    overlap_fraction,
+    resample_to_grid,
+    same_grid,
+    save_nifti,
+)
 
 __all__ = [
     "TOTALSEG_DATASETS",
     "OrganError",
+    "TotalSegmentatorUnavailable",
     "load_organs",
     "organ_groups",
     "read_totalseg_folder",
     "totalseg_home_dir",
     "totalseg_weights_dir",
     "run_totalsegmentator",
+    "check_totalsegmentator",
+    "supply_masks_help",
+    "OrganRun",
+    "OrganCheck",
+    "ORGANS_LOG_DIR",
+    "segment_case_organs",
+    "segment_cohort_organs",
+    "check_cohort_organs",
 ]
 
 #: nnU-Net dataset ids of TotalSegmentator v2's 'total' task: the 1.5 mm model is split in
@@ -86,16 +118,33 @@ _MAX_WALK = 10_000
 _SUPPLY_MASKS = (
     "LAMP does not need TotalSegmentator itself: supply the organ masks. Run TotalSegmentator "
     "v2 (task 'total', 117 classes) wherever it is installed with its weights, e.g. "
-    "`TotalSegmentator -i ct.nii.gz -o organs.nii.gz --ml`, and give LAMP that file as "
-    "cases/<patient_id>/organs.nii.gz (or pass it, or the folder of per-class masks "
-    "<class_name>.nii.gz that TotalSegmentator writes without --ml, to "
-    "lamp.organs.load_organs). Masks on the CT grid are resampled onto the PET grid with "
-    "nearest neighbour. LAMP never downloads weights."
+    "`TotalSegmentator -i ct.nii.gz -o organs.nii.gz --ml`, then either put that file (or the "
+    "folder of per-class masks <class_name>.nii.gz that TotalSegmentator writes without --ml) "
+    "beside the patient's PET and CT in the input of `lamp ingest` "
+    "(INPUT/<patient_id>/organs.nii.gz), which moves it onto the PET grid with nearest "
+    "neighbour, or copy a mask that is already on the PET grid to "
+    "cases/<patient_id>/organs.nii.gz of the cohort (`lamp organs --check` lists masks off "
+    "the grid; lamp.organs.load_organs(path, pet_grid, resample=True) resamples one). LAMP "
+    "never downloads weights."
 )
 
 
 class OrganError(LampError):
     """An organ mask file or folder, or the TotalSegmentator set-up, is not usable."""
+
+
+class TotalSegmentatorUnavailable(OrganError):
+    """TotalSegmentator v2 or the weights of its 'total' task are not installed here.
+
+    Raised by `check_totalsegmentator` before anything runs; the message says what to
+    install, where the weights must be and how to supply the organ masks instead.
+    ``reason`` holds the first part alone (what is missing), for callers that explain
+    the rest themselves (`supply_masks_help`).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------
@@ -490,6 +539,118 @@ def _weights_env(weights_dir: Path | None) -> Iterator[None]:
             os.environ["TOTALSEG_WEIGHTS_PATH"] = old
 
 
+def _weights_install_hint(fast: bool, wdir: Path) -> str:
+    datasets = ", ".join(
+        f"Dataset{d}_*" for d in TOTALSEG_DATASETS["total_fast" if fast else "total"]
+    )
+    return (
+        f"the weights of its 'total' task ({datasets}, each with checkpoint_final.pth) must be "
+        f"in {wdir} (TotalSegmentator's weights folder: $TOTALSEG_WEIGHTS_PATH, else "
+        "$TOTALSEG_HOME_DIR/nnunet/results, else ~/.totalsegmentator/nnunet/results)"
+    )
+
+
+def check_totalsegmentator(fast: bool = False, *, weights_dir: str | Path | None = None) -> Path:
+    """Check that TotalSegmentator v2 and the weights of its 'total' task are installed.
+
+    Runs nothing and downloads nothing: it imports ``totalsegmentator`` (only here and in
+    `run_totalsegmentator`), reads its version and looks for the nnU-Net checkpoints of the
+    'total' task (datasets 291-295, or 297 with ``fast``). `run_totalsegmentator` calls it
+    before every run; a cohort run calls it once before touching any patient.
+
+    Parameters
+    ----------
+    fast : bool, default False
+        Check the weights of TotalSegmentator's 3 mm model instead.
+    weights_dir : str or Path, optional, keyword-only
+        Folder holding the ``Dataset<id>_*`` weight folders; default `totalseg_weights_dir`.
+
+    Returns
+    -------
+    Path
+        The weights folder that was checked.
+
+    Raises
+    ------
+    TotalSegmentatorUnavailable
+        An `OrganError`: TotalSegmentator missing or older than v2, or its weights
+        missing. The message says what to install, where the weights must be, and how to
+        supply the masks instead.
+    """
+    wdir = Path(weights_dir) if weights_dir is not None else totalseg_weights_dir()
+    try:
+        importlib.import_module("totalsegmentator")
+    except ImportError as exc:
+        reason = f"TotalSegmentator is not installed ({exc})."
+        raise TotalSegmentatorUnavailable(
+            f"{reason} To let LAMP run it, install TotalSegmentator v2 (`pip install "
+            "'TotalSegmentator>=2'`, which brings nnU-Net and PyTorch); "
+            f"{_weights_install_hint(fast, wdir)}. {_SUPPLY_MASKS}",
+            reason,
+        ) from None
+    version = _totalseg_version()
+    major = version.split(".")[0] if version else ""
+    if not major.isdigit() or int(major) < 2:
+        reason = (
+            f"TotalSegmentator {version or '(unknown version)'} is installed; LAMP needs v2 "
+            f"or later, whose 'total' task has the {N_TOTAL_CLASSES} classes LAMP maps "
+            "(v1 had 104, with other ids)."
+        )
+        raise TotalSegmentatorUnavailable(f"{reason} {_SUPPLY_MASKS}", reason)
+    task = "total_fast" if fast else "total"
+    missing = [d for d in TOTALSEG_DATASETS[task] if not _dataset_installed(wdir, d)]
+    if missing:
+        reason = (
+            f"TotalSegmentator's weights for task 'total'{' --fast' if fast else ''} are not "
+            f"installed in {wdir} (missing nnU-Net dataset(s) "
+            f"{', '.join(f'Dataset{d}_*' for d in missing)} with checkpoint_final.pth), and "
+            "LAMP never downloads them."
+        )
+        raise TotalSegmentatorUnavailable(
+            f"{reason} Install them on a machine with internet access (TotalSegmentator's "
+            "totalseg_download_weights / totalseg_import_weights) and point "
+            "TOTALSEG_HOME_DIR or weights_dir at them, or: " + _SUPPLY_MASKS,
+            reason,
+        )
+    return wdir
+
+
+def supply_masks_help(
+    cohort: str | Path = "COHORT", fast: bool = False, weights_dir: str | Path | None = None
+) -> str:
+    """How to get organ masks into a cohort, as a few lines for a terminal.
+
+    Both ways: installing TotalSegmentator and its weights here (where they must be), or
+    running it elsewhere and bringing the masks in. Used by ``lamp organs`` when
+    `check_totalsegmentator` fails.
+    """
+    wdir = Path(weights_dir) if weights_dir is not None else totalseg_weights_dir()
+    datasets = ", ".join(
+        f"Dataset{d}_*" for d in TOTALSEG_DATASETS["total_fast" if fast else "total"]
+    )
+    return "\n".join(
+        [
+            "To let LAMP produce the organ masks here (it never downloads anything):",
+            "  1. install TotalSegmentator v2:  pip install 'TotalSegmentator>=2'",
+            f"  2. put the weights of its 'total' task{' (--fast)' if fast else ''} "
+            f"({datasets}, each with checkpoint_final.pth) in",
+            f"       {wdir}",
+            "     (copied from a machine where TotalSegmentator downloaded them, or with "
+            "totalseg_import_weights;",
+            "     elsewhere: --weights-dir, or TOTALSEG_WEIGHTS_PATH / TOTALSEG_HOME_DIR)",
+            "Or supply the masks (TotalSegmentator v2, task 'total', run elsewhere):",
+            "  TotalSegmentator -i ct.nii.gz -o organs.nii.gz --ml",
+            "  then either put organs.nii.gz beside the patient's PET and CT in the input of "
+            "`lamp ingest`",
+            "  (INPUT/<patient_id>/organs.nii.gz, on the PET or the CT grid; ingest moves it "
+            "onto the PET grid),",
+            f"  or copy a mask already on the PET grid to {Path(cohort)}/cases/<patient_id>/"
+            "organs.nii.gz",
+            f"  and check the cohort with:  lamp organs --cohort {cohort} --check",
+        ]
+    )
+
+
 def run_totalsegmentator(
     ct_path: str | Path,
     out_path: str | Path,
@@ -543,32 +704,7 @@ def run_totalsegmentator(
     if device not in _DEVICES:
         raise OrganError(f"device: expected one of {_DEVICES}, got {device!r}")
 
-    try:
-        importlib.import_module("totalsegmentator")
-    except ImportError as exc:
-        raise OrganError(f"TotalSegmentator is not installed ({exc}). {_SUPPLY_MASKS}") from None
-    version = _totalseg_version()
-    major = version.split(".")[0] if version else ""
-    if not major.isdigit() or int(major) < 2:
-        raise OrganError(
-            f"TotalSegmentator {version or '(unknown version)'} is installed; LAMP needs v2 "
-            f"or later, whose 'total' task has the {N_TOTAL_CLASSES} classes LAMP maps "
-            f"(v1 had 104, with other ids). {_SUPPLY_MASKS}"
-        )
-
-    wdir = Path(weights_dir) if weights_dir is not None else totalseg_weights_dir()
-    task = "total_fast" if fast else "total"
-    missing = [d for d in TOTALSEG_DATASETS[task] if not _dataset_installed(wdir, d)]
-    if missing:
-        raise OrganError(
-            f"TotalSegmentator's weights for task 'total'{' --fast' if fast else ''} are not "
-            f"installed in {wdir} (missing nnU-Net dataset(s) "
-            f"{', '.join(f'Dataset{d}_*' for d in missing)} with checkpoint_final.pth), and "
-            "LAMP never downloads them. Install them on a machine with internet access "
-            "(TotalSegmentator's totalseg_download_weights / totalseg_import_weights) and "
-            "point TOTALSEG_HOME_DIR or weights_dir at them, or: " + _SUPPLY_MASKS
-        )
-
+    check_totalsegmentator(fast, weights_dir=weights_dir)
     _switch_off_usage_statistics(totalseg_home_dir())
     try:
         api = importlib.import_module("totalsegmentator.python_api")
@@ -611,3 +747,418 @@ def run_totalsegmentator(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_path
+
+
+# --------------------------------------------------------------------------------------
+# A cohort's organ masks: producing them, checking them
+# --------------------------------------------------------------------------------------
+
+#: Folder of a cohort with one JSON record per patient of how `segment_case_organs` made
+#: its masks (TotalSegmentator version, model, device, time, groups present).
+ORGANS_LOG_DIR = "organs_log"
+# TotalSegmentator's raw output (on the CT grid) lives in a hidden scratch folder of the
+# case while it is checked and resampled; no ``*.nii.gz`` pattern of the case matches it.
+_SCRATCH_PREFIX = ".organs-totalseg-"
+
+
+@dataclass(frozen=True)
+class OrganRun:
+    """What `segment_cohort_organs` did, patient by patient.
+
+    Attributes
+    ----------
+    patients : tuple of str
+        The patients asked for, in order.
+    written : tuple of str
+        Patients whose ``organs.nii.gz`` this run wrote.
+    skipped : tuple of str
+        Patients that already had ``organs.nii.gz`` (left as they were; ``force`` redoes them).
+    failed : dict of str to str
+        Patient -> what went wrong; these have no ``organs.nii.gz`` written by this run.
+    records : dict of str to dict
+        Patient -> the record written to ``organs_log/<patient_id>.json``.
+    """
+
+    patients: tuple[str, ...]
+    written: tuple[str, ...]
+    skipped: tuple[str, ...]
+    failed: dict[str, str] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no patient failed."""
+        return not self.failed
+
+    def to_text(self) -> str:
+        """A summary for people: counts, then every failure with its reason."""
+        lines = [
+            f"patients {len(self.patients)}: {len(self.written)} written, "
+            f"{len(self.skipped)} already had organ masks (skipped), {len(self.failed)} failed"
+        ]
+        for pid, why in self.failed.items():
+            lines.append(f"  FAILED {pid}: {why}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OrganCheck:
+    """The organ masks of a cohort as `check_cohort_organs` found them.
+
+    Attributes
+    ----------
+    patients : tuple of str
+        The patients checked, in order.
+    missing : tuple of str
+        Patients without ``cases/<patient_id>/organs.nii.gz``.
+    off_grid : dict of str to str
+        Patient -> how its mask's grid differs from its PET grid.
+    unusable : dict of str to str
+        Patient -> why its mask (or its PET) could not be read as a 'total' map.
+    absent : ndarray of int, shape (71,)
+        ``absent[g - 1]``: among the ``n_read`` patients whose mask could be read (on the
+        PET grid or not), how many have group ``g`` (``lamp.anatomy.GROUPS[g - 1]``)
+        absent (fewer than ``min_voxels`` voxels).
+    n_groups_present : dict of str to int
+        Patient -> number of groups present, for the patients whose mask could be read.
+    min_voxels : int
+        The presence threshold used (as in `organ_groups`).
+    """
+
+    patients: tuple[str, ...]
+    missing: tuple[str, ...]
+    off_grid: dict[str, str]
+    unusable: dict[str, str]
+    absent: np.ndarray
+    n_groups_present: dict[str, int]
+    min_voxels: int = 1
+
+    @property
+    def n_read(self) -> int:
+        """Patients whose mask could be read."""
+        return len(self.n_groups_present)
+
+    @property
+    def ok(self) -> bool:
+        """True when every patient has a readable 'total' mask on its PET grid."""
+        return not (self.missing or self.off_grid or self.unusable)
+
+    def to_text(self) -> str:
+        """A report for people: the problems by patient, then the 71-group presence table."""
+        n = len(self.patients)
+        good = n - len(self.missing) - len(self.off_grid) - len(self.unusable)
+        lines = [
+            f"patients {n}: {good} with organ masks on the PET grid, {len(self.missing)} "
+            f"without, {len(self.off_grid)} not on the PET grid, {len(self.unusable)} unusable"
+        ]
+        if self.missing:
+            lines.append("without organ masks: " + ", ".join(self.missing))
+        for pid, why in self.off_grid.items():
+            lines.append(f"not on the PET grid: {pid}: {why}")
+        for pid, why in self.unusable.items():
+            lines.append(f"unusable: {pid}: {why}")
+        if not self.n_read:
+            return "\n".join(lines)
+        counts = sorted(self.n_groups_present.values())
+        lines.append(
+            f"organ groups present per patient (of {N_GROUPS}, >= {self.min_voxels} voxel(s)): "
+            f"median {float(np.median(counts)):g}, range {counts[0]}-{counts[-1]}, "
+            f"over {self.n_read} patient(s) with a readable mask"
+        )
+        order = sorted(np.flatnonzero(self.absent), key=lambda g: (-self.absent[g], g))
+        if order:
+            width = max(len(GROUPS[g]) for g in order)
+            lines.append(f"  {'group':<{width}}  absent in")
+            for g in order:
+                k = int(self.absent[g])
+                lines.append(
+                    f"  {GROUPS[g]:<{width}}  {k} of {self.n_read} ({100 * k / self.n_read:.0f} %)"
+                )
+        always = [GROUPS[g] for g in range(N_GROUPS) if self.absent[g] == 0]
+        if always:
+            lines += textwrap.wrap(
+                f"present in every patient ({len(always)} group(s)): " + ", ".join(always),
+                width=92,
+                initial_indent="  ",
+                subsequent_indent="    ",
+            )
+        return "\n".join(lines)
+
+
+def _cohort_patients(cohort: Path, patient_ids: Sequence[str] | None) -> list[str]:
+    """The cohort's patients from clinical.csv, or the ones asked for (checked against it)."""
+    table = read_clinical(cohort / "clinical.csv")["patient_id"].tolist()
+    if not patient_ids:
+        return table
+    asked = list(dict.fromkeys(check_patient_id(p, "--patient") for p in patient_ids))
+    unknown = [p for p in asked if p not in set(table)]
+    if unknown:
+        raise OrganError(
+            f"patient(s) {', '.join(unknown)} not in {cohort / 'clinical.csv'} "
+            f"({len(table)} patients, e.g. {', '.join(table[:3])})"
+        )
+    return asked
+
+
+def _grid_of(path: Path, what: str) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of a NIfTI image from its header (the voxels are not read)."""
+    if not path.is_file():
+        raise OrganError(f"{path}: {what} not found (expected a NIfTI file)")
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many kinds
+        raise OrganError(f"{path}: unreadable {what}: {type(exc).__name__}: {exc}") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise OrganError(f"{path}: expected a 3D {what}, got shape {shape}")
+    return shape, affine  # type: ignore[return-value]
+
+
+def _describe_grid(shape: tuple[int, ...], affine: np.ndarray) -> str:
+    spacing = np.round(np.linalg.norm(affine[:3, :3], axis=0), 3).tolist()
+    origin = np.round(affine[:3, 3], 2).tolist()
+    return f"shape {tuple(shape)}, spacing {spacing} mm, origin {origin} mm"
+
+
+def segment_case_organs(
+    cohort: str | Path,
+    patient_id: str,
+    *,
+    device: str = "cpu",
+    fast: bool = False,
+    weights_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run TotalSegmentator on one patient's CT; write its organ masks on the PET grid.
+
+    TotalSegmentator segments ``cases/<patient_id>/ct.nii.gz`` (`run_totalsegmentator`,
+    output on the CT's grid) into a hidden scratch folder of the case. The result is read
+    as a 'total' map - by class name where TotalSegmentator stored its label table
+    (`lamp.ingest.organs.read_organs`), so a renumbered class cannot be misread - and must
+    hold at least one organ. It is resampled onto the PET grid with nearest neighbour
+    through physical space (voxels outside the CT's field of view become background) and
+    written as ``cases/<patient_id>/organs.nii.gz`` (uint8), atomically and last: the file
+    exists only once everything before it succeeded. A record of the run goes to
+    ``COHORT/organs_log/<patient_id>.json`` first.
+
+    Parameters
+    ----------
+    cohort : str or Path
+        The cohort folder.
+    patient_id : str
+        The patient.
+    device, fast, weights_dir
+        As in `run_totalsegmentator`.
+
+    Returns
+    -------
+    dict
+        The record written to ``organs_log/<patient_id>.json``.
+
+    Raises
+    ------
+    OrganError
+        A missing or unreadable PET or CT, any error of `run_totalsegmentator`, an output
+        that is not the 'total' map, holds no organ, or does not overlap the PET.
+    """
+    # deferred: lamp.ingest.organs is the one reader of TotalSegmentator's label table
+    from lamp.ingest.common import IngestError
+    from lamp.ingest.organs import read_organs
+
+    cohort = Path(cohort)
+    pet_path = case_path(cohort, patient_id, "pet")
+    ct_path = case_path(cohort, patient_id, "ct")
+    out_path = case_path(cohort, patient_id, "organs")
+    pet_shape, pet_affine = _grid_of(pet_path, "PET image (its grid is the patient's grid)")
+    if not ct_path.is_file():
+        raise OrganError(f"{ct_path}: CT image not found (expected a NIfTI file in HU)")
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=_SCRATCH_PREFIX) as scratch:
+        raw = run_totalsegmentator(
+            ct_path, Path(scratch) / "organs_ct.nii.gz", device, fast, weights_dir=weights_dir
+        )
+        try:
+            image, notes = read_organs(raw)
+        except IngestError as exc:
+            raise OrganError(
+                f"TotalSegmentator output for {ct_path} is not its 'total' map: {exc}"
+            ) from None
+    seconds = time.perf_counter() - t0
+    labels, affine = image.array, image.affine
+    if not labels.any():
+        raise OrganError(
+            f"TotalSegmentator found no organ in {ct_path}; expected a CT in HU covering the "
+            "body (check its values and orientation)"
+        )
+    if overlap_fraction(labels.shape, affine, pet_shape, pet_affine) <= 0.0:
+        raise OrganError(
+            f"{ct_path}: the CT ({_describe_grid(labels.shape, affine)}) does not overlap the "
+            f"PET {pet_path} ({_describe_grid(pet_shape, pet_affine)}); check the origins"
+        )
+    on_pet = resample_to_grid(labels, affine, pet_shape, pet_affine, order=0, fill=0)
+    if not on_pet.any():
+        raise OrganError(
+            f"TotalSegmentator's organs of {ct_path} all lie outside the PET field of view "
+            f"of {pet_path}; check that the CT and PET belong together"
+        )
+    _, present = organ_groups(on_pet)
+    record: dict[str, Any] = {
+        "patient_id": patient_id,
+        "ct": str(ct_path),
+        "organs": str(out_path),
+        "totalsegmentator_version": _totalseg_version(),
+        "task": "total",
+        "fast": bool(fast),
+        "device": device,
+        "seconds": round(seconds, 1),
+        "ct_on_pet_grid": same_grid(labels.shape, affine, pet_shape, pet_affine),
+        "total_classes_found": int(np.count_nonzero(np.bincount(on_pet.ravel())[1:])),
+        "groups_present": int(present.sum()),
+        "groups_absent": [GROUPS[g] for g in np.flatnonzero(~present)],
+        "notes": notes,
+    }
+    write_text_atomic(cohort / ORGANS_LOG_DIR / f"{patient_id}.json", json.dumps(record, indent=1))
+    save_nifti(out_path, on_pet, pet_affine, dtype=np.uint8)
+    return record
+
+
+def segment_cohort_organs(
+    cohort: str | Path,
+    patient_ids: Sequence[str] | None = None,
+    *,
+    device: str = "cpu",
+    fast: bool = False,
+    force: bool = False,
+    weights_dir: str | Path | None = None,
+    progress: Callable[[int, int, str, str], None] | None = None,
+) -> OrganRun:
+    """Produce the organ masks of a cohort with a locally installed TotalSegmentator.
+
+    Resumable: a patient with ``cases/<patient_id>/organs.nii.gz`` is skipped unless
+    ``force``, and an interrupted patient leaves no ``organs.nii.gz`` (see
+    `segment_case_organs`), so rerunning the same call finishes the rest. One patient's
+    failure is recorded and the others go on. Before any patient is touched,
+    `check_totalsegmentator` must pass (nothing is checked when no patient needs a run).
+
+    Parameters
+    ----------
+    cohort : str or Path
+        The cohort folder (``clinical.csv``, ``cases/<patient_id>/{pet,ct}.nii.gz``).
+    patient_ids : sequence of str, optional
+        Only these patients (each must be in ``clinical.csv``); default: all, in table order.
+    device, fast, weights_dir
+        As in `run_totalsegmentator`.
+    force : bool, default False
+        Redo patients that already have organ masks (each is replaced atomically).
+    progress : callable, optional
+        Called as ``progress(done, total, patient_id, message)`` after each patient that
+        needed a run.
+
+    Returns
+    -------
+    OrganRun
+
+    Raises
+    ------
+    TotalSegmentatorUnavailable
+        TotalSegmentator or its weights not installed (nothing is written).
+    OrganError
+        A bad device,
+        patient ids not in the table.
+    CohortError
+        A missing or malformed ``clinical.csv``.
+    """
+    cohort = Path(cohort)
+    if device not in _DEVICES:
+        raise OrganError(f"device: expected one of {_DEVICES}, got {device!r}")
+    patients = _cohort_patients(cohort, patient_ids)
+    todo = [p for p in patients if force or not case_path(cohort, p, "organs").exists()]
+    skipped = tuple(p for p in patients if p not in set(todo))
+    if todo:
+        check_totalsegmentator(fast, weights_dir=weights_dir)
+    written: list[str] = []
+    failed: dict[str, str] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for n, pid in enumerate(todo, start=1):
+        try:
+            record = segment_case_organs(
+                cohort, pid, device=device, fast=fast, weights_dir=weights_dir
+            )
+        except Exception as exc:  # one patient's failure must not stop the others
+            why = str(exc) if isinstance(exc, LampError) else f"{type(exc).__name__}: {exc}"
+            failed[pid] = why
+            message = f"failed: {why}"
+        else:
+            written.append(pid)
+            records[pid] = record
+            message = (
+                f"written ({record['groups_present']} of {N_GROUPS} groups present, "
+                f"{record['seconds']:.0f} s)"
+            )
+        if progress is not None:
+            progress(n, len(todo), pid, message)
+    return OrganRun(tuple(patients), tuple(written), skipped, failed, records)
+
+
+def check_cohort_organs(
+    cohort: str | Path,
+    patient_ids: Sequence[str] | None = None,
+    *,
+    min_voxels: int = 1,
+) -> OrganCheck:
+    """Check a cohort's organ masks without running anything.
+
+    For each patient: is there a ``cases/<patient_id>/organs.nii.gz``, is it a 'total'
+    map (ids 0..117), does it lie on the PET grid, and which of the 71 groups are present.
+
+    Parameters
+    ----------
+    cohort : str or Path
+        The cohort folder.
+    patient_ids : sequence of str, optional
+        Only these patients; default all of ``clinical.csv``.
+    min_voxels : int, default 1
+        Presence threshold, as in `organ_groups`.
+
+    Returns
+    -------
+    OrganCheck
+
+    Raises
+    ------
+    CohortError, OrganError
+        A missing or malformed ``clinical.csv``, unknown patient ids.
+    """
+    cohort = Path(cohort)
+    patients = _cohort_patients(cohort, patient_ids)
+    missing: list[str] = []
+    off_grid: dict[str, str] = {}
+    unusable: dict[str, str] = {}
+    absent = np.zeros(N_GROUPS, dtype=np.int64)
+    n_present: dict[str, int] = {}
+    for pid in patients:
+        path = case_path(cohort, pid, "organs")
+        if not path.exists():
+            missing.append(pid)
+            continue
+        try:
+            data, affine = load_nifti(path)
+            labels = _total_ids(data, str(path))
+            pet_shape, pet_affine = _grid_of(case_path(cohort, pid, "pet"), "PET image")
+        except LampError as exc:
+            unusable[pid] = str(exc)
+            continue
+        if not same_grid(labels.shape, affine, pet_shape, pet_affine):
+            off_grid[pid] = (
+                f"{_describe_grid(labels.shape, affine)}; the PET has "
+                f"{_describe_grid(pet_shape, pet_affine)}"
+            )
+        present = groups_present(merge_to_groups(labels), min_voxels=min_voxels)
+        absent += ~present
+        n_present[pid] = int(present.sum())
+    return OrganCheck(
+        tuple(patients), tuple(missing), off_grid, unusable, absent, n_present, min_voxels
+    )
