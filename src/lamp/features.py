@@ -24,6 +24,11 @@ and the inner sum is accumulated window by window into an ``(n_regions, C)`` flo
 (`pool_regions_full`, the reference), with the memory of one window's features plus a few
 one-channel volumes.
 
+When the network was planned at another voxel spacing than the patient's PET, the pass
+and the pooling run on a grid of the planned spacing over the same field of view, as
+nnU-Net predicts (`extract_case_features`, ``target_spacing``); the lesion table stays on
+the PET grid.
+
 Pooling over *predicted* lesions needs their instance map before the pass, so the
 feature stage runs after `lamp segment predict`; its pass also returns the stitched lesion
 probability (nothing of the segmentation output is lost by running it once more).
@@ -69,7 +74,14 @@ from lamp.anatomy import GROUPS, N_GROUPS, AnatomyError, group_id, merge_to_grou
 from lamp.clinical import NODAL_REGIONS
 from lamp.cohort import CASE_FILES, CohortError, atomic_output, check_patient_id
 from lamp.errors import LampError
-from lamp.images import load_nifti, overlap_fraction, resample_to_grid, same_grid
+from lamp.images import (
+    grid_with_spacing,
+    load_nifti,
+    overlap_fraction,
+    resample_to_grid,
+    same_grid,
+    voxel_spacing,
+)
 
 __all__ = [
     "FeatureError",
@@ -177,6 +189,13 @@ _GAUSS_TRUNCATE = 4.0
 # Selected voxels per chunk when the reference path pools the full map (float64 copies of
 # C x chunk values: 64 MiB at C = 128).
 _POOL_CHUNK = 1 << 16
+# Relative spacing difference up to which the network runs on the PET grid itself: the
+# pooling grid is then the PET grid either way, so the only effect is a voxel size off by
+# at most 1 % for the network (nnU-Net trains with scale augmentation of 0.7-1.4).
+_SPACING_RTOL = 0.01
+# Spline order of the network input when it is resampled to the target spacing:
+# nnU-Net's default for image data (``resampling_fn_data_kwargs['order']``).
+_IMAGE_ORDER = 3
 # Sub-sample spacing (mm) when the SUVpeak sphere's voxel weights are estimated: the
 # weighted volume then matches the sphere's within about 1 %; at least 8 and at most 32
 # sub-samples per voxel and axis.
@@ -1201,6 +1220,8 @@ class CaseFeatures:
     lesion_features : ndarray, shape (J, 128), float32
         Eq. 1: masked mean of concat(fused 64, PET 32, CT 32) per lesion (`FEATURE_LAYOUT`).
     lesion_voxels : ndarray, shape (J,), int64
+        Voxels pooled per lesion, on the network's grid (the PET grid unless the input was
+        resampled to another spacing; see `extract_case_features`).
     organ_features : ndarray, shape (71, 128), float32
         Eq. 2 per organ group (row g - 1 for group id g, `lamp.anatomy.GROUPS`); zeros
         for an absent group.
@@ -1289,6 +1310,92 @@ def _check_case(case: CaseImages) -> None:
         _check_affine(getattr(case, f"{kind}_affine"), f"patient {pid}: {src}")
 
 
+def _check_spacing(spacing: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(spacing, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise FeatureError(f"{what}: expected three positive spacings (mm), got {spacing!r}")
+    return arr
+
+
+def _lost_regions(
+    src: np.ndarray,
+    src_affine: np.ndarray,
+    dst: np.ndarray,
+    dst_affine: np.ndarray,
+    n: int,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Regions that nearest-neighbour resampling lost, and where to pool them instead.
+
+    A region present in ``src`` but without a voxel in ``dst`` (its nearest-neighbour
+    resampling) is pooled over the ``dst`` voxels that contain the centres of its ``src``
+    voxels: the nearest voxels of the network grid, usually one for a one-voxel lesion.
+    Such voxels may belong to another region too, so these fallback regions live in
+    label maps of their own ("layers", each region in the first layer where its voxels
+    are still free; `pool_regions_streaming` lets regions of different maps overlap).
+
+    Returns
+    -------
+    lost : ndarray, shape (V,), int64
+        The lost region ids, ascending.
+    layers : list of ndarray, shape dst.shape, uint16
+        Label maps on the ``dst`` grid; id ``k`` stands for region ``lost[k - 1]``, which
+        lies in exactly one layer.
+    """
+    src_counts = np.bincount(src.reshape(-1), minlength=n + 1)[1:]
+    dst_counts = np.bincount(dst.reshape(-1), minlength=n + 1)[1:]
+    lost = np.flatnonzero((src_counts > 0) & (dst_counts == 0)) + 1
+    if lost.size == 0:
+        return lost, []
+    compact = np.zeros(n + 1, dtype=np.int64)
+    compact[lost] = np.arange(1, lost.size + 1)
+    src_flat = src.reshape(-1)
+    flat = np.flatnonzero(np.isin(src_flat, lost))
+    ids = compact[src_flat[flat]]
+    ijk = np.stack(np.unravel_index(flat, src.shape), -1).astype(np.float64)
+    m = np.linalg.solve(dst_affine, src_affine)  # source index -> destination index
+    idx = np.floor(ijk @ m[:3, :3].T + m[:3, 3] + 0.5).astype(np.int64)
+    idx = np.clip(idx, 0, np.asarray(dst.shape) - 1)
+    where = np.ravel_multi_index(tuple(idx.T), dst.shape)
+    order = np.lexsort((where, ids))
+    ids, where = ids[order], where[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    layers: list[np.ndarray] = []
+    for a, b in zip(starts, np.r_[starts[1:], ids.size], strict=True):
+        voxels = np.unique(where[a:b])
+        for layer in layers:
+            if not layer.reshape(-1)[voxels].any():
+                break
+        else:
+            layer = np.zeros(dst.shape, dtype=np.uint16)
+            layers.append(layer)
+        layer.reshape(-1)[voxels] = ids[a]
+    return lost, layers
+
+
+def _fallback_key(name: str, layer: int) -> str:
+    return f"{name}:fallback{layer}"
+
+
+def _merge_fallback(
+    result: PoolResult, name: str, lost: np.ndarray, n_layers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, counts and presence of map ``name`` with its lost regions filled in."""
+    feats = result.features[name].copy()
+    counts = result.counts[name].copy()
+    present = result.present[name].copy()
+    for layer in range(n_layers):
+        key = _fallback_key(name, layer)
+        here = result.present[key]
+        rows = lost[here] - 1
+        feats[rows] = result.features[key][here]
+        counts[rows] = result.counts[key][here]
+        present[rows] = True
+    return feats, counts, present
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     # an open file, not a name: np.savez appends ".npz" to names that lack it
@@ -1311,6 +1418,8 @@ def extract_case_features(
     batch_size: int = 1,
     streaming: bool = True,
     progress: bool = False,
+    target_spacing: Sequence[float] | None = None,
+    spacing_rtol: float = _SPACING_RTOL,
 ) -> CaseFeatures:
     """Lesion and organ features of one patient (paper Eq. 1-2), written atomically.
 
@@ -1318,6 +1427,25 @@ def extract_case_features(
     outside its field of view) when it is on its own grid; normalise the two channels;
     merge the organ labels into the 71 groups; one sliding-window pass with streaming
     pooling over lesions and organs; the lesion table; the ``.npz`` file.
+
+    **Another network spacing.** When ``target_spacing`` (the nnU-Net plan's spacing)
+    differs from the PET voxel spacing by more than ``spacing_rtol``, the pass runs where
+    nnU-Net would run it: on the grid of that spacing that covers the PET field of view
+    (`lamp.images.grid_with_spacing`, nnU-Net's shape rule). As nnU-Net's preprocessing
+    does, the two channels are normalised on the PET grid and then resampled with
+    third-order splines (nnU-Net's data order; its separate low-order resampling of an
+    axis more than 3x coarser than the others is not imitated); the lesion instances and
+    organ groups follow by nearest neighbour, and the features are pooled there. A region
+    that nearest-neighbour resampling loses (a lesion smaller than a network voxel, or
+    one that falls between the sampled voxel centres) is **kept**: it is pooled over the
+    network-grid voxels that contain the centres of its PET voxels (usually one), so
+    ``lesion_ids``, the table and ``lesion_features`` stay aligned and every feature is
+    finite; its ids are listed in ``meta["fallback_lesion_ids"]`` (organ groups in
+    ``meta["fallback_organ_groups"]``). The lesion table is always computed on the
+    original PET grid, and the returned probability is interpolated (linearly, as nnU-Net
+    exports probabilities) back onto it. Within ``spacing_rtol`` (or without
+    ``target_spacing``) nothing is resampled and the result is the same, bit for bit,
+    as before this option existed.
 
     Parameters
     ----------
@@ -1346,6 +1474,14 @@ def extract_case_features(
         As in `pool_regions_streaming`.
     streaming : bool, default True
         False uses `pool_regions_full` (same numbers, the full map in memory).
+    target_spacing : sequence of 3 float, optional
+        The network's voxel spacing (mm) along the PET's ``i``, ``j``, ``k`` axes (for an
+        nnU-Net plan: its ``spacing`` reversed, when the plan does not transpose axes).
+        None: the network runs on the PET grid.
+    spacing_rtol : float, default 0.01
+        Relative difference of spacing up to which the PET grid is used as it is: the
+        pooling grid is then the PET grid either way, and the network sees voxels at most
+        1 % off its own (nnU-Net trains with scale augmentation of 0.7-1.4).
 
     Returns
     -------
@@ -1355,14 +1491,18 @@ def extract_case_features(
         ``organ_present`` (71,) bool, ``organ_voxels`` (71,), ``lesion_table`` (JSON) and
         ``meta`` (JSON). **No lesion** is a valid result: J = 0, ``lesion_features`` of
         shape (0, 128), an empty table; the organs are pooled as usual.
+        ``lesion_voxels`` and ``organ_voxels`` count the voxels pooled, on the network's
+        grid (the table's ``voxels`` column counts PET voxels). ``meta`` records the PET,
+        target and network-grid spacings (mm), the network grid's shape, whether the
+        input was resampled, and how.
 
     Raises
     ------
     FeatureError
         Missing or unreadable files, label maps off the PET grid, NaN/inf voxels, label ids
         out of range (lesions 0..65535, organs 0..117), no overlap between CT and PET, a
-        normaliser or model output of the wrong shape. The message names the patient and
-        the file (or the argument).
+        normaliser or model output of the wrong shape, a target spacing that is not three
+        positive numbers. The message names the patient and the file (or the argument).
     """
     if isinstance(case, CaseImages):
         images, folder = case, None
@@ -1375,6 +1515,12 @@ def extract_case_features(
     pid = images.patient_id
     patch = _triplet(patch_size, "patch_size")
     normalize = _as_normalizer(normalization)
+    target = None if target_spacing is None else _check_spacing(target_spacing, "target_spacing")
+    if isinstance(spacing_rtol, bool) or not isinstance(spacing_rtol, int | float | np.floating):
+        raise FeatureError(f"spacing_rtol: expected a number >= 0, got {spacing_rtol!r}")
+    rtol = float(spacing_rtol)
+    if not (math.isfinite(rtol) and rtol >= 0):
+        raise FeatureError(f"spacing_rtol: expected a number >= 0, got {spacing_rtol!r}")
 
     les_raw, les_src = _label_input(
         lesion_instances,
@@ -1418,12 +1564,39 @@ def extract_case_features(
         raise FeatureError(f"patient {pid}: normalization: produced NaN or inf values")
 
     n_lesions = int(lesions.max()) if lesions.size else 0
+    label_maps: dict[str, np.ndarray] = {"lesions": lesions, "organs": groups}
+    n_regions = {"lesions": n_lesions, "organs": N_GROUPS}
+    pet_spacing = voxel_spacing(pet_aff)
+    to_target = target is not None and not np.allclose(pet_spacing, target, rtol=rtol, atol=0.0)
+    net_shape, net_aff = pet.shape, pet_aff
+    lost: dict[str, np.ndarray] = {}
+    n_layers: dict[str, int] = {}
+    if to_target:
+        # nnU-Net's order at inference: normalise on the original grid, then resample the
+        # data (third order) to the target spacing; label maps by nearest neighbour
+        net_shape, net_aff = grid_with_spacing(pet.shape, pet_aff, target)
+        image = np.stack(
+            [
+                resample_to_grid(image[c], pet_aff, net_shape, net_aff, order=_IMAGE_ORDER)
+                for c in range(image.shape[0])
+            ]
+        )
+        for name, n in list(n_regions.items()):
+            on_pet = label_maps[name]
+            on_net = resample_to_grid(on_pet, pet_aff, net_shape, net_aff, order=0)
+            label_maps[name] = on_net
+            lost[name], layers = _lost_regions(on_pet, pet_aff, on_net, net_aff, n)
+            n_layers[name] = len(layers)
+            for i, layer in enumerate(layers):
+                label_maps[_fallback_key(name, i)] = layer
+                n_regions[_fallback_key(name, i)] = int(lost[name].size)
+
     pool = pool_regions_streaming if streaming else pool_regions_full
     result = pool(
         model_fn,
         image.astype(np.float32, copy=False),
-        {"lesions": lesions, "organs": groups},
-        {"lesions": n_lesions, "organs": N_GROUPS},
+        label_maps,
+        n_regions,
         patch,
         step_size=step_size,
         device=device,
@@ -1431,8 +1604,24 @@ def extract_case_features(
         progress=progress,
     )
     n_feat = result.features["organs"].shape[1]
-    present = result.present["lesions"]
+    if to_target:
+        les_feat, les_count, present = _merge_fallback(
+            result, "lesions", lost["lesions"], n_layers["lesions"]
+        )
+        org_feat, org_count, org_present = _merge_fallback(
+            result, "organs", lost["organs"], n_layers["organs"]
+        )
+        # the lesion probability back on the PET grid, linearly as nnU-Net exports it
+        probability = resample_to_grid(result.probability, net_aff, pet.shape, pet_aff, order=1)
+    else:
+        les_feat, les_count, present = (
+            result.features["lesions"], result.counts["lesions"], result.present["lesions"]
+        )  # fmt: skip
+        org_feat, org_count = result.features["organs"], result.counts["organs"]
+        org_present = result.present["organs"].copy()
+        probability = result.probability
     lesion_ids = (np.flatnonzero(present) + 1).astype(np.int32)
+    # clinical quantities on the PET grid whatever the network's spacing
     table = lesion_table(pet, lesions, pet_aff, groups, pid)
     meta = {
         "format": FEATURES_FORMAT,
@@ -1446,18 +1635,32 @@ def extract_case_features(
         "normalization": repr(normalize),
         "sources": {"lesions": les_src, "organs": org_src, **images.sources},
         "ct_resampled_to_pet_grid": resampled,
+        "pet_spacing_mm": pet_spacing.tolist(),
+        "target_spacing_mm": None if target is None else target.tolist(),
+        "resampled_to_target_spacing": bool(to_target),
+        "network_grid_shape": [int(n) for n in net_shape],
+        "network_grid_spacing_mm": voxel_spacing(net_aff).tolist(),
     }
+    if to_target:
+        meta["resampling"] = {
+            "image": f"spline order {_IMAGE_ORDER} after normalisation (nnU-Net's data order)",
+            "labels": "nearest neighbour",
+            "probability": "linear, back to the PET grid",
+            "lost_regions": "pooled over the network-grid voxels holding their voxel centres",
+        }
+        meta["fallback_lesion_ids"] = lost["lesions"].tolist()
+        meta["fallback_organ_groups"] = lost["organs"].tolist()
     feats = CaseFeatures(
         patient_id=pid,
         lesion_ids=lesion_ids,
-        lesion_features=result.features["lesions"][present].astype(np.float32).reshape(-1, n_feat),
-        lesion_voxels=result.counts["lesions"][present],
-        organ_features=result.features["organs"].astype(np.float32),
-        organ_present=result.present["organs"].copy(),
-        organ_voxels=result.counts["organs"],
+        lesion_features=les_feat[present].astype(np.float32).reshape(-1, n_feat),
+        lesion_voxels=les_count[present],
+        organ_features=org_feat.astype(np.float32),
+        organ_present=org_present,
+        organ_voxels=org_count,
         table=table,
         meta=meta,
-        probability=result.probability,
+        probability=probability,
     )
     if out_path is None:
         return feats

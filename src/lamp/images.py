@@ -33,6 +33,8 @@ __all__ = [
     "load_nifti",
     "voxel_centers_world",
     "same_grid",
+    "voxel_spacing",
+    "grid_with_spacing",
     "resample_to_grid",
     "overlap_fraction",
 ]
@@ -271,6 +273,81 @@ def same_grid(
     return tuple(shape_a) == tuple(shape_b) and bool(
         np.allclose(np.asarray(affine_a), np.asarray(affine_b), rtol=0.0, atol=atol_mm)
     )
+
+
+def voxel_spacing(affine: ArrayLike) -> np.ndarray:
+    """Voxel size along each voxel axis (mm): the column norms of the affine's 3x3 part.
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4)
+        Voxel index -> RAS+ world mm.
+
+    Returns
+    -------
+    ndarray, shape (3,), float64, mm
+        The spacing along ``i``, ``j``, ``k`` (what nibabel's ``header.get_zooms()`` gives
+        for a file written with this affine), whatever the orientation.
+    """
+    a = _check_affine(affine, "voxel_spacing")
+    return np.linalg.norm(a[:3, :3], axis=0)
+
+
+def grid_with_spacing(
+    shape: tuple[int, int, int], affine: ArrayLike, spacing: ArrayLike
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The grid that covers the same field of view as ``(shape, affine)`` with another
+    voxel spacing, by nnU-Net's rule.
+
+    Along each voxel axis the new size is ``round(n * s / s_new)`` (nnU-Net's
+    ``compute_new_shape``, Python's ``round``, at least 1) and the new voxels tile exactly
+    the old field of view, voxel edge to voxel edge, as nnU-Net's resampling
+    (``skimage.transform.resize``) places them: the new spacing is ``n * s / n_new``,
+    within half a new voxel over the whole axis of ``s_new``. Axis directions, their
+    order and flips are kept.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Size of the original grid ``(ni, nj, nk)``.
+    affine : array_like, shape (4, 4)
+        Its voxel index -> RAS+ world mm.
+    spacing : array_like, shape (3,), mm
+        The wanted spacing along ``i``, ``j``, ``k`` (e.g. a network's planned spacing).
+
+    Returns
+    -------
+    shape : tuple of 3 int
+        The new grid's size.
+    affine : ndarray, shape (4, 4), float64
+        Its voxel index -> world mm: new index ``i'`` is old (fractional) index
+        ``(i' + 0.5) n / n_new - 0.5``.
+
+    Raises
+    ------
+    CohortError
+        A bad shape or affine, or a spacing that is not three positive finite numbers.
+
+    Examples
+    --------
+    >>> shape, aff = grid_with_spacing((30, 40, 20), np.diag([2.0, 2.0, 3.0, 1.0]), (3, 4, 2))
+    >>> shape, np.diag(aff)[:3].tolist(), aff[:3, 3].tolist()
+    ((20, 20, 30), [3.0, 4.0, 2.0], [0.5, 1.0, -0.5])
+    """
+    s = _check_shape(shape, "grid_with_spacing")
+    a = _check_affine(affine, "grid_with_spacing")
+    new = np.asarray(spacing, dtype=np.float64).ravel()
+    if new.shape != (3,) or not np.all(np.isfinite(new)) or np.any(new <= 0):
+        raise CohortError(
+            f"grid_with_spacing: expected three positive spacings (mm), got {spacing!r}"
+        )
+    old = np.linalg.norm(a[:3, :3], axis=0)
+    n_new = tuple(max(1, int(round(float(o / t * n)))) for o, t, n in zip(old, new, s, strict=True))
+    ratio = np.array(s, dtype=np.float64) / np.array(n_new, dtype=np.float64)
+    to_old = np.eye(4)
+    to_old[:3, :3] = np.diag(ratio)
+    to_old[:3, 3] = 0.5 * ratio - 0.5
+    return n_new, a @ to_old  # type: ignore[return-value]
 
 
 def _world_box(shape: tuple[int, int, int], affine: NDArray) -> tuple[NDArray, NDArray]:

@@ -12,9 +12,13 @@ the 71 organ groups (paper Eq. 1-2; :mod:`lamp.features`)::
 The network sees what nnU-Net's preprocessing would give it: CT resampled onto the PET
 grid, clipped to the 0.5-99.5 foreground percentiles and z-scored with the dataset's
 foreground statistics (nnU-Net's CTNormalization), PET z-scored per image; arrays in
-nnU-Net's axis order (SimpleITK's z, y, x = the NIfTI storage order reversed). The plan's
-spacing must equal the PET grid's (true for the synthetic cohorts); resampling to another
-planned spacing is not supported yet and is refused with a clear error.
+nnU-Net's axis order (SimpleITK's z, y, x = the NIfTI storage order reversed). A patient
+whose PET spacing differs from the plan's (by more than 1 %) is handled as nnU-Net predicts
+it: the normalised input is resampled (third-order splines) to the plan's spacing over the
+PET field of view, the pass and the pooling run there (label maps by nearest neighbour; a
+lesion lost by that is pooled at its nearest network voxels, never dropped), and the
+lesion table stays on the PET grid (`lamp.features.extract_case_features`,
+``target_spacing``).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ def extract_cohort_features(
                 ct_clip=(float(props["percentile_00_5"]), float(props["percentile_99_5"])),
             )
             patch = tuple(int(p) for p in reversed(conf.patch_size))  # (z,y,x) -> (i,j,k)
+            # the plan's spacing in the PET's (i, j, k) order; a patient's PET of another
+            # spacing is resampled to it for the pass (extract_case_features)
             spacing = np.array(list(reversed(conf.spacing)), dtype=float)
 
             @torch.inference_mode()
@@ -107,13 +113,6 @@ def extract_cohort_features(
                 return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
 
             for pid in todo:
-                pet_zooms = _pet_spacing(cohort, pid)
-                if not np.allclose(pet_zooms, spacing, rtol=0.01):
-                    raise SegmentError(
-                        f"{case_path(cohort, pid, 'pet')}: PET voxel spacing {pet_zooms.tolist()} "
-                        f"mm differs from the network's planned spacing {spacing.tolist()} mm; "
-                        "resampling in the features stage is not supported yet"
-                    )
                 lesions = (
                     case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
                 )
@@ -132,6 +131,7 @@ def extract_cohort_features(
                     normalization=norm,
                     out_path=out_dir / f"{pid}.npz",
                     device=dev,
+                    target_spacing=spacing,
                 )
                 done += 1
                 if progress:
@@ -140,9 +140,3 @@ def extract_cohort_features(
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out_dir / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
     return out_dir
-
-
-def _pet_spacing(cohort: Path, pid: str) -> np.ndarray:
-    import nibabel as nib
-
-    return np.array(nib.load(str(case_path(cohort, pid, "pet"))).header.get_zooms()[:3], float)
