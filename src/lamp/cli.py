@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,26 @@ class _Progress:
             self.bar = None
 
 
+class _Quiet:
+    """A ``progress(message)`` callback for long stages that stays readable: it prints a
+    method's start, skip and finish lines, and otherwise at most one line every
+    ``every`` seconds (the latest message, prefixed with the time since the start)."""
+
+    def __init__(self, every: float = 20.0) -> None:
+        self.every = every
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        keep = ": running (" in message or ": skipped: " in message
+        if keep or re.fullmatch(r".+: \d+\.\d s", message):
+            print(f"      {message}", flush=True)
+            self.last = now
+        elif now - self.last >= self.every:
+            print(f"      [{now - self.t0:5.0f} s] {message}", flush=True)
+            self.last = now
+
+
 def _print_summary(summary: dict) -> None:
     def pct(a: int, b: int) -> str:
         return f"{a} ({100.0 * a / b:.0f} %)" if b else str(a)
@@ -249,7 +270,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"[2/3] baselines of Table 1 on the 5 folds, {len(seeds)} seed(s) -> {work}/baselines")
     t0 = time.perf_counter()
-    report = run_baselines(work, cohort, None, ("pfs", "os"), seeds, progress=print)
+    report = run_baselines(work, cohort, None, ("pfs", "os"), seeds, progress=_Quiet())
     timings["baselines"] = time.perf_counter() - t0
     for name, state in report.status.items():
         took = f" ({report.seconds[name]:.1f} s)" if name in report.seconds else ""
