@@ -145,3 +145,27 @@ def test_risk_groups_rejects_bad_frames():
         risk_groups(_oof()[_oof()["fold"] == 1])
     with pytest.raises(SurvivalError, match="missing"):
         risk_groups(_oof().drop(columns="fold"))
+
+
+def test_risk_groups_discrete_score_at_its_maximum_is_split():
+    """A stage whose median is its largest value must not put everyone in the low group."""
+    import pandas as pd
+
+    from lamp.evaluation.survival import risk_groups
+
+    oof = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(10)],
+            "fold": [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+            "risk": [4, 4, 4, 2, 1, 4, 4, 4, 3, 4],
+        }
+    )
+    g = risk_groups(oof).set_index("patient_id")
+    # fold 0: other fold's risks [4,4,4,3,4], median 4, none above -> 4 counts as high
+    assert g.loc["P0", "high"] and not g.loc["P3", "high"]
+    # fold 1: other fold's risks [4,4,4,2,1], median 4, none above -> same rule
+    assert g.loc["P5", "high"] and not g.loc["P8", "high"]
+    # a continuous score keeps the strict rule: ties at the median are low
+    oof["risk"] = [5.0, 1.0, 3.0, 2.0, 4.0, 1.0, 3.0, 3.0, 2.0, 5.0]
+    g = risk_groups(oof).set_index("patient_id")
+    assert not g.loc["P2", "high"] and g.loc["P0", "high"]

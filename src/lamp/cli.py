@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamp.organs_cli import add_parsers as add_organs_parsers
 
     add_organs_parsers(sub)
+    from lamp.reports.cli import add_parsers as add_report_parsers
+
+    add_report_parsers(sub)
 
     d = sub.add_parser(
         "demo",

@@ -243,7 +243,8 @@ def risk_groups(oof: pd.DataFrame, train_risk: pd.DataFrame | None = None) -> pd
     Returns
     -------
     DataFrame
-        ``oof`` with ``threshold`` (the fold's), ``high`` (bool: risk > threshold) and
+        ``oof`` with ``threshold`` (the fold's), ``high`` (bool: risk > threshold; or
+        risk >= threshold where no reference risk exceeds the median) and
         ``rule`` (`RULE_EXACT` or `RULE_OTHER_FOLDS`).
 
     Raises
@@ -268,6 +269,7 @@ def risk_groups(oof: pd.DataFrame, train_risk: pd.DataFrame | None = None) -> pd
         )
     out = oof.copy()
     out["threshold"] = np.nan
+    out["at_threshold_high"] = False
     for k in folds:
         if train_risk is not None:
             ref = train_risk.loc[train_risk["fold"] == k, "risk"]
@@ -275,8 +277,18 @@ def risk_groups(oof: pd.DataFrame, train_risk: pd.DataFrame | None = None) -> pd
             ref = oof.loc[oof["fold"] != k, "risk"]
         if ref.empty:
             raise SurvivalError(f"risk_groups: no training risks for fold {k}")
-        out.loc[out["fold"] == k, "threshold"] = float(np.median(ref.to_numpy(np.float64)))
-    # ties at the threshold go to the low-risk group: "high" means strictly above the median
-    out["high"] = out["risk"].to_numpy(np.float64) > out["threshold"].to_numpy(np.float64)
+        ref_values = ref.to_numpy(np.float64)
+        median = float(np.median(ref_values))
+        out.loc[out["fold"] == k, "threshold"] = median
+        # Ties at the threshold go to the low-risk group ("high" = strictly above the
+        # median), unless no reference risk lies above the median: then a discrete score
+        # (a stage, an index) would put everyone in the low group, and the median's own
+        # value counts as high instead (decided from the reference risks only).
+        if not np.any(ref_values > median):
+            out.loc[out["fold"] == k, "at_threshold_high"] = True
+    r = out["risk"].to_numpy(np.float64)
+    t = out["threshold"].to_numpy(np.float64)
+    out["high"] = (r > t) | (out["at_threshold_high"].to_numpy(bool) & (r == t))
+    out = out.drop(columns="at_threshold_high")
     out["rule"] = RULE_EXACT if train_risk is not None else RULE_OTHER_FOLDS
     return out
