@@ -278,11 +278,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name, state in report.status.items():
         took = f" ({report.seconds[name]:.1f} s)" if name in report.seconds else ""
         print(f"      {name:<24} {state}{took}")
-    print(f"[3/3] tables, KM curves -> {work}/results")
+    print(f"[3/3] tables, KM curves -> {work}/results; HTML report -> {work}/reports")
     t0 = time.perf_counter()
     res = evaluate(work, cohort)
     timings["evaluation"] = time.perf_counter() - t0
     print(to_markdown(res.table1, TITLES["table1"], res.footnotes["table1"]))
+    from lamp.reports.build import write_reports
+
+    t0 = time.perf_counter()
+    reports = write_reports(work, cohort)
+    timings["report"] = time.perf_counter() - t0
+    print(f"      cohort report: {reports.cohort}")
     print("Stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(
         "Not run by the demo yet (CPU segmentation training takes hours, docs/segmentation.md):"
