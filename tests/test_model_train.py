@@ -97,6 +97,11 @@ def test_outputs_and_exclusions(trained) -> None:
     assert full["organ_1"].notna().all() and (full["organ_1_attention"] > 0).all()
     metrics = pd.read_csv(out / "fold_metrics.csv")
     assert len(metrics) == 2 * 5 and metrics["c_index"].notna().all()
+    # in-sample risks: every training patient of each fold, scored by that fold's model
+    train = pd.read_csv(out / "train_risk.csv")
+    folds = pd.read_csv(cohort / "folds.csv").set_index("patient_id")["fold"]
+    assert list(train.columns) == list(oof.columns) and len(train) == 2 * 4 * 77
+    assert (folds.loc[train["patient_id"]].to_numpy() != train["fold"].to_numpy()).all()
 
 
 def test_planted_signal_is_learned(trained) -> None:

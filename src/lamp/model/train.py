@@ -22,6 +22,8 @@ Outputs (``WORK/prognosis/``)
 -----------------------------
 ``config.json``            the `TrainConfig` and the grid run, the excluded patients
 ``oof_risk.csv``           patient_id, endpoint, variant, seed, fold, risk
+``train_risk.csv``         the same for the training patients of each fold, scored by
+                           that fold's model (in-sample; for the KM risk-group median)
 ``fold_metrics.csv``       endpoint, variant, seed, fold, c_index, auc_12, auc_24, note
 ``lesion_attention.csv``   per held-out lesion: ABMLA score, rank, top organ attentions
 ``checkpoints/<endpoint>/<variant>/seed<s>_fold<k>.pt``
@@ -602,8 +604,12 @@ def _run_task(task: _Task, features: dict[str, PatientFeatures] | None = None) -
             _attention_rows(feat, p, key, task.config.top_organs, fitted.model_config.use_lacf)
         )
     _save_checkpoint(Path(task.checkpoint), fitted, key)
+    # In-sample risks of the training patients: the exact training-fold median for the
+    # Kaplan-Meier risk groups (each fold model has its own time bins, hence risk scale).
+    train_preds = predict(fitted, [features[p] for p in task.train_ids])
     return {
         "risks": [float(p["risk"]) for p in preds],
+        "train_risks": [float(p["risk"]) for p in train_preds],
         "attention": attention,
         "epochs": fitted.epochs,
     }
@@ -755,6 +761,7 @@ def train_cv(
                         )
                     )
     oof_rows: list[dict[str, Any]] = []
+    train_rows: list[dict[str, Any]] = []
     metric_rows: list[dict[str, Any]] = []
     att_rows: list[dict[str, Any]] = []
     for task, result in zip(tasks, _run_tasks(tasks, features, paths, workers), strict=True):
@@ -769,6 +776,8 @@ def train_cv(
         risk = np.array(result["risks"])
         for pid, r in zip(task.test_ids, result["risks"], strict=True):
             oof_rows.append({"patient_id": pid, **key, "risk": r})
+        for pid, r in zip(task.train_ids, result["train_risks"], strict=True):
+            train_rows.append({"patient_id": pid, **key, "risk": r})
         att_rows.extend(result["attention"])
         values, note = _fold_metrics(train, test, risk, tcol, ecol, config.auc_months)
         metric_rows.append({**key, **values, "epochs": result["epochs"], "note": note})
@@ -782,8 +791,10 @@ def train_cv(
     )
     metrics = pd.DataFrame(metric_rows)
     attention = pd.DataFrame(att_rows)
+    train_risk = pd.DataFrame(train_rows, columns=list(oof.columns))
     for name, df in (
         ("oof_risk.csv", oof),
+        ("train_risk.csv", train_risk),
         ("fold_metrics.csv", metrics),
         ("lesion_attention.csv", attention),
     ):
