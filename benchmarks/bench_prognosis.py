@@ -150,7 +150,8 @@ def main() -> None:
     )
     print(f"excluded without outcome: {len(results.excluded_ids)} of {results.n_patients}")
     print(f"epochs chosen: median {results.fold_metrics['epochs'].median():.0f}")
-    pd.set_option("display.width", 200)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", None)
     print(format_table(results.fold_metrics))
     clinical = pd.read_csv(root / "cohort" / "clinical.csv").dropna(subset=["pfs_event"])
     for ep in ("pfs", "os"):
