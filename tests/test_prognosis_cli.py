@@ -37,6 +37,13 @@ def test_train_then_predict(tmp_path, capsys):
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert "risk" in json.dumps(result)
+    assert len(result["lesions"]) == min(result["n_lesions"], 20)
+    rc = main(["predict", "--work", str(work), "--features", str(npz), "--top", "1"])
+    short = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(short["lesions"]) == min(1, short["n_lesions"])
+    if short["n_lesions"] > 1:
+        assert short["lesions_not_listed"] == short["n_lesions"] - 1
+        assert short["lesions"][0] == result["lesions"][0]
 
 
 def test_train_bad_arguments(tmp_path, capsys):

@@ -47,6 +47,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path, help="the patient's .npz file")
     p.add_argument("--endpoint", default="pfs", choices=("pfs", "os"))
     p.add_argument("--variant", default="full", choices=VARIANT_CHOICES[:-1])
+    p.add_argument(
+        "--top",
+        type=int,
+        default=20,
+        help="lesions listed, highest attention first (default 20; 0 = all)",
+    )
     p.set_defaults(handler=_predict)
 
 
@@ -80,9 +86,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from lamp.errors import LampError
     from lamp.model.train import predict_patient
 
+    if args.top < 0:
+        raise LampError(f"--top must be >= 0, got {args.top}")
     out = predict_patient(args.work, args.features, args.endpoint, args.variant)
+    n = len(out["lesions"])
+    out["n_lesions"] = n
+    if args.top and n > args.top:
+        out["lesions"] = out["lesions"][: args.top]
+        out["lesions_not_listed"] = n - args.top
     print(json.dumps(out, indent=1, default=_plain))
     return 0
 
