@@ -35,6 +35,7 @@ from lamp.errors import LampError
 __all__ = [
     "CLINICAL_COLUMNS",
     "SURVIVAL_COLUMNS",
+    "ENDPOINTS",
     "CASE_FILES",
     "PATIENT_ID_PATTERN",
     "CohortError",
@@ -69,6 +70,11 @@ CLINICAL_COLUMNS: tuple[str, ...] = (
 )
 #: The outcome columns: all four present (a patient with outcome) or all four empty.
 SURVIVAL_COLUMNS: tuple[str, ...] = ("pfs_months", "pfs_event", "os_months", "os_event")
+#: Endpoint name -> (time column in months, event column) of ``clinical.csv``.
+ENDPOINTS: dict[str, tuple[str, str]] = {
+    "pfs": ("pfs_months", "pfs_event"),
+    "os": ("os_months", "os_event"),
+}
 #: File name of each kind of image in ``cases/<patient_id>/``.
 CASE_FILES: dict[str, str] = {
     "pet": "pet.nii.gz",

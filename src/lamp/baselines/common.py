@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lamp.cohort import SURVIVAL_COLUMNS, has_outcome, read_clinical, read_folds, write_text_atomic
+from lamp.cohort import (
+    ENDPOINTS,
+    SURVIVAL_COLUMNS,
+    has_outcome,
+    read_clinical,
+    read_folds,
+    write_text_atomic,
+)
 from lamp.errors import LampError
 
 __all__ = [
@@ -41,10 +48,6 @@ __all__ = [
     "read_oof",
 ]
 
-ENDPOINTS: dict[str, tuple[str, str]] = {
-    "pfs": ("pfs_months", "pfs_event"),
-    "os": ("os_months", "os_event"),
-}
 OOF_COLUMNS = ["patient_id", "endpoint", "method", "seed", "fold", "risk"]
 
 

@@ -46,6 +46,7 @@ import torch
 
 from lamp.anatomy import GROUPS
 from lamp.cohort import (
+    ENDPOINTS,
     atomic_output,
     has_outcome,
     read_clinical,
@@ -83,12 +84,6 @@ __all__ = [
     "load_checkpoint",
     "predict_patient",
 ]
-
-#: Endpoint name -> (time column in months, event column) of ``clinical.csv``.
-ENDPOINTS: dict[str, tuple[str, str]] = {
-    "pfs": ("pfs_months", "pfs_event"),
-    "os": ("os_months", "os_event"),
-}
 
 
 @dataclass(frozen=True)
