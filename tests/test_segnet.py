@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -193,8 +194,11 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
         work / "segmentation" / "lamp" / "instances" / preds[0], inst, pred.affine, np.uint16
     )
     for reference in (False, True):
-        out = extract_cohort_features(cohort, work, cfg, reference=reference, folds=[0])
+        step = 1.0 if reference else 0.5  # the step reaches the sliding window
+        run_cfg = dataclasses.replace(cfg, tile_step_size=step)
+        out = extract_cohort_features(cohort, work, run_cfg, reference=reference, folds=[0])
         feats = load_case_features(out / f"{pid}.npz")
+        assert feats.meta["step_size"] == step
         assert feats.lesion_features.shape == (len(feats.lesion_ids), 128)
         assert feats.organ_features.shape == (71, 128) and feats.organ_present.sum() > 20
         assert np.isfinite(feats.organ_features).all()
@@ -206,3 +210,59 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
 
     with pytest.raises(SegmentError, match="no prediction for patient"):
         evaluate_network(cohort, work, "lamp")
+
+
+def test_segment_cli_step_option_reaches_the_configuration():
+    from lamp.segmentation import cli as seg_cli
+    from lamp.segmentation.nnunet import SegmentError
+
+    parser = argparse.ArgumentParser()
+    seg_cli.add_parser(parser.add_subparsers())
+    base = ["--cohort", "c", "--work", "w"]
+    assert seg_cli._config(parser.parse_args(["segment", "predict", *base])).tile_step_size == 0.5
+    args = parser.parse_args(["segment", "predict", *base, "--step", "1"])
+    assert seg_cli._config(args).tile_step_size == 1.0
+    args = parser.parse_args(["features", *base, "--step", "0.75"])
+    assert seg_cli._config(args).tile_step_size == 0.75
+    for bad in ("0", "1.5"):
+        args = parser.parse_args(["features", *base, "--step", bad])
+        with pytest.raises(SegmentError, match="--step must be in"):
+            seg_cli._config(args)
+
+
+def test_train_fold_applies_the_schedule_and_resumes_from_the_latest_checkpoint(
+    tmp_path, monkeypatch
+):
+    """The configuration's schedule reaches nnU-Net's trainer, and a checkpoint_latest.pth
+    left by an interrupted run (saved every ``save_every`` epochs) is loaded first."""
+    import nnunetv2.run.run_training as rt
+
+    from lamp.segmentation.nnunet import SEG_CONFIGS, _folders, train_fold
+
+    cfg = SEG_CONFIGS["tiny"]
+    out = tmp_path / "fold_0"
+    out.mkdir()
+    (out / "checkpoint_latest.pth").write_bytes(b"x")
+    pre = _folders(tmp_path)["preprocessed"] / "Dataset501_LAMPSynth"
+    pre.mkdir(parents=True)
+    (pre / "nnUNetPlans.json").write_text("{}")
+
+    class FakeTrainer:
+        output_folder = str(out)
+        save_every = 50
+        loaded = None
+        trained = False
+
+        def load_checkpoint(self, path):
+            self.loaded = path
+
+        def run_training(self):
+            self.trained = True
+
+    fake = FakeTrainer()
+    monkeypatch.setattr(rt, "get_trainer_from_args", lambda *a, **k: fake)
+    assert train_fold(tmp_path, cfg, 0) == out
+    assert fake.trained and fake.loaded == str(out / "checkpoint_latest.pth")
+    assert (fake.save_every, fake.num_epochs, fake.num_iterations_per_epoch) == (2, 30, 20)
+    assert fake.disable_mirroring
+    assert json.loads((out / "lamp_segment_config.json").read_text())["tile_step_size"] == 0.5

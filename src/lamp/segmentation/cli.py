@@ -50,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             s.add_argument(
                 "--iterations", type=int, default=None, help="override the iterations per epoch"
             )
+        else:
+            _step_argument(s)
     p.set_defaults(handler=run)
 
     f = subparsers.add_parser(
@@ -65,8 +67,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f.add_argument("--reference", action="store_true", help="pool over the reference masks")
     f.add_argument("--config", default="tiny", choices=("tiny", "full"))
     f.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _step_argument(f)
     f.set_defaults(handler=run, segment_command="features")
     return p
+
+
+def _step_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--step",
+        type=float,
+        default=None,
+        help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5, "
+        "nnU-Net's; 1.0 runs about 4.4x fewer windows on a small scan)",
+    )
 
 
 def _config(args: argparse.Namespace):
@@ -80,6 +93,11 @@ def _config(args: argparse.Namespace):
             if value < 1:
                 raise SegmentError(f"--{attr} must be >= 1, got {value}")
             changes[key] = value
+    step = getattr(args, "step", None)
+    if step is not None:
+        if not 0.0 < step <= 1.0:
+            raise SegmentError(f"--step must be in (0, 1], got {step}")
+        changes["tile_step_size"] = float(step)
     return dataclasses.replace(cfg, **changes)
 
 

@@ -132,6 +132,7 @@ def extract_cohort_features(
                     out_path=out_dir / f"{pid}.npz",
                     device=dev,
                     target_spacing=spacing,
+                    step_size=cfg.tile_step_size,
                 )
                 done += 1
                 if progress:
