@@ -112,3 +112,10 @@ def test_format_table_mean_over_folds_sd_over_seeds() -> None:
     assert table.loc["full", ("pfs", "auc_24")] == "0.900 ± 0.000"
     one = format_table(df[df["seed"] == 0])
     assert one.loc["full", ("pfs", "c_index")] == "0.750 ± n/a"
+    # an undefined fold is left out of the mean and the cell says so
+    df.loc[(df["seed"] == 1) & (df["fold"] == 0), "auc_12"] = np.nan
+    df.loc[:, "auc_24"] = np.nan
+    table = format_table(df)
+    assert table.loc["full", ("pfs", "auc_12")] == "0.800 ± 0.000 (3/4 folds)"
+    assert table.loc["full", ("pfs", "auc_24")] == "n/a (0/4 folds)"
+    assert table.loc["full", ("pfs", "c_index")] == "0.760 ± 0.014"

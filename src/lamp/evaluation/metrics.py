@@ -185,7 +185,9 @@ def format_table(
 
     For each (row, column, seed) the metric is averaged over folds; the cell shows the
     mean of these seed means and their standard deviation (ddof = 1; "n/a" with one
-    seed). Folds where a metric was undefined (NaN) are left out of that mean.
+    seed). Folds where a metric was undefined (NaN) are left out of that mean, and the
+    cell then says how many (seed, fold) runs it used, as `lamp evaluate` does:
+    ``"0.712 ± 0.010 (9/10 folds)"``; ``"n/a (0/10 folds)"`` when none.
 
     Parameters
     ----------
@@ -204,11 +206,19 @@ def format_table(
     per_seed = results.groupby([row, column, "seed"], sort=False)[list(metrics)].mean()
     grouped = per_seed.groupby(level=[0, 1], sort=False)
     mean, sd = grouped.mean(), grouped.std(ddof=1)
+    runs = results.groupby([row, column], sort=False)[list(metrics)]
+    used, total = runs.count(), runs.size()
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for (r, c), m in mean.iterrows():
         for metric in metrics:
             s = sd.loc[(r, c), metric]
-            text = f"{m[metric]:.{digits}f} ± " + ("n/a" if np.isnan(s) else f"{s:.{digits}f}")
+            k, n = int(used.loc[(r, c), metric]), int(total.loc[(r, c)])
+            if k == 0:
+                text = "n/a"
+            else:
+                text = f"{m[metric]:.{digits}f} ± " + ("n/a" if np.isnan(s) else f"{s:.{digits}f}")
+            if k < n:
+                text += f" ({k}/{n} folds)"
             cells.setdefault((str(c), metric), {})[str(r)] = text
     table = pd.DataFrame(cells)
     table.index.name = row
