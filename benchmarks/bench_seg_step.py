@@ -3,13 +3,14 @@
 Usage (after ``lamp segment train --fold K`` on the cohort)::
 
     .venv/bin/python benchmarks/bench_seg_step.py --cohort C --work W --fold 0 \\
-        [--plain] [--subset 8] [--steps 1.0 0.5]
+        [--plain] [--subset 8] [--steps 1.0 0.5] [--subset-only]
 
 Predicts the patients that fold K held out with the trained model of fold K (nnU-Net's
 predictor, Gaussian weighting) at each step: all of them at the first step, the first
-``--subset`` of them at the others. The first step's predictions go where
-``lamp segment predict`` puts them (``W/segmentation/<net>/pred``: they are the
-out-of-fold predictions of those patients); the others go to ``W/bench_step_<S>/``.
+``--subset`` of them at the others (at every step with ``--subset-only``). The first
+step's predictions go where ``lamp segment predict`` puts them
+(``W/segmentation/<net>/pred``: they are the out-of-fold predictions of those
+patients); the others go to ``W/bench_step_<S>/``.
 Prints, per step, the autoPET metrics against the reference masks (Dice, false
 positive/negative volume, pooled lesion precision and recall; ``lamp.segmentation
 .metrics``) over all predicted patients and over the common subset, the seconds per
@@ -85,6 +86,9 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true")
     ap.add_argument("--subset", type=int, default=8)
     ap.add_argument("--steps", type=float, nargs="+", default=[1.0, 0.5])
+    ap.add_argument(
+        "--subset-only", action="store_true", help="predict only the subset at every step"
+    )
     ap.add_argument("--config", default="tiny", choices=sorted(SEG_CONFIGS))
     args = ap.parse_args()
     cohort, work = args.cohort, args.work.resolve()
@@ -95,7 +99,7 @@ def main() -> None:
     report = {"network": net, "fold": args.fold, "n_fold": len(pids), "subset": subset}
     for i, step in enumerate(args.steps):
         cfg = dataclasses.replace(SEG_CONFIGS[args.config], tile_step_size=step)
-        these = pids if i == 0 else subset
+        these = pids if i == 0 and not args.subset_only else subset
         out = work if i == 0 else work / f"bench_step_{step:g}"
         pred_dir, seconds, n_done = _predict(cohort, work, cfg, args.plain, args.fold, these, out)
         table = _metrics(cohort, pred_dir, these)
