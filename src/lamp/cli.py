@@ -105,20 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo",
         help="run the end-to-end demo on the built-in synthetic cohort",
-        description="Run the pipeline end to end on the built-in synthetic cohort. "
-        "Today it generates and summarises the default synthetic cohort, cross-validates "
-        "the baselines of Table 1 that need no segmentation network (clinical indices, "
-        "metabolic parameters and radiomics on the reference masks, Guo2021, Liu2022) and "
-        "writes Table 1 with the true-risk ceiling, KM curves and log-rank tests. The "
-        "segmentation, features and LAMP stages exist as commands (lamp segment, lamp "
-        "features, lamp train) but are not run by the demo yet: on a 2-core CPU the "
-        "segmentation training takes hours (docs/segmentation.md). Resumable: a rerun "
-        "skips what is done.",
+        description="Run the pipeline end to end on the built-in synthetic cohort: "
+        "generate it; train the segmentation network on the 5 folds, predict every patient "
+        "out of fold, pool the lesion and organ features and train LAMP and its ablations "
+        "for PFS and OS (these three stages run by default where a CUDA device is present, "
+        "and on a CPU with --segmentation on: hours on a 2-core machine); cross-validate the "
+        "baselines of Table 1; write Tables 1 and 2 with the true-risk ceiling, KM curves "
+        "and the HTML reports. Resumable: a rerun skips what is done.",
     )
     d.add_argument(
         "--out", type=Path, default=None, help=f"output folder (default {default_demo_dir()})"
     )
     d.add_argument("--quick", action="store_true", help="fewer patients, same stages")
+    d.add_argument(
+        "--segmentation",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="run segmentation, features and the LAMP model: auto (default) where CUDA is "
+        "present, on, off",
+    )
+    d.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     d.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1))
     return parser
 
@@ -242,63 +248,50 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from lamp.synth.config import SynthConfig
-    from lamp.synth.generate import SynthRequest, generate_cohort, summarize
+    from lamp.demo import demo_settings, run_demo
+    from lamp.synth.generate import summarize
 
+    settings = demo_settings(args.quick, args.segmentation, args.device)
     out = args.out or default_demo_dir()
-    n = 40 if args.quick else 229
-    cohort = out / ("cohort-quick" if args.quick else "cohort")
     print(f"LAMP demo -> {out}")
-    work = out / ("work-quick" if args.quick else "work")
-    seeds = (0,) if args.quick else (0, 1, 2)
-    timings: dict[str, float] = {}
-    print(f"[1/3] synthetic cohort: {n} patients, size small -> {cohort}")
-    t0 = time.perf_counter()
+    if not settings.segmentation:
+        print(
+            "      segmentation, features and the LAMP model are not run "
+            + (
+                "(--segmentation off)"
+                if args.segmentation == "off"
+                else "on a CPU unless asked (--segmentation on): with the tiny network they "
+                "take hours on a 2-core machine (docs/benchmarks.md)"
+            )
+        )
     bar = _Progress()
+    state = {"summary_done": False}
+
+    def say(line: str) -> None:
+        bar.close()
+        if line.startswith("[2/") and not state["summary_done"]:
+            state["summary_done"] = True
+            _print_summary(summarize(out / f"cohort{settings.tag}"))
+        print(line, flush=True)
+
     try:
-        generate_cohort(
-            SynthRequest(out=cohort, n_patients=n, seed=0, size="small"),
-            SynthConfig(),
-            workers=args.workers,
-            progress=bar,
+        timings = run_demo(
+            out, settings, args.workers, say=say, synth_progress=bar, stage_progress=_Quiet()
         )
     finally:
         bar.close()
-    timings["synthetic cohort"] = time.perf_counter() - t0
-    print(f"      done in {timings['synthetic cohort']:.1f} s")
-    _print_summary(summarize(cohort))
-
-    from lamp.baselines.run import run_baselines
-    from lamp.evaluation.tables import TITLES, evaluate, to_markdown
-
-    print(f"[2/3] baselines of Table 1 on the 5 folds, {len(seeds)} seed(s) -> {work}/baselines")
-    t0 = time.perf_counter()
-    report = run_baselines(work, cohort, None, ("pfs", "os"), seeds, progress=_Quiet())
-    timings["baselines"] = time.perf_counter() - t0
-    for name, state in report.status.items():
-        took = f" ({report.seconds[name]:.1f} s)" if name in report.seconds else ""
-        print(f"      {name:<24} {state}{took}")
-    print(f"[3/3] tables, KM curves -> {work}/results; HTML report -> {work}/reports")
-    t0 = time.perf_counter()
-    res = evaluate(work, cohort)
-    timings["evaluation"] = time.perf_counter() - t0
-    print(to_markdown(res.table1, TITLES["table1"], res.footnotes["table1"]))
-    from lamp.reports.build import write_reports
-
-    t0 = time.perf_counter()
-    reports = write_reports(work, cohort)
-    timings["report"] = time.perf_counter() - t0
-    print(f"      cohort report: {reports.cohort}")
     print("Stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print(
-        "Not run by the demo yet (CPU segmentation training takes hours, docs/segmentation.md):"
-        " the LAMP rows, Table 2 and the 'automatic' baselines need\n"
-        f"  lamp segment train --cohort {cohort} --work {work}   (then lamp segment predict)\n"
-        f"  lamp features --cohort {cohort} --work {work}\n"
-        f"  lamp train --cohort {cohort} --work {work}\n"
-        f"  lamp baselines --cohort {cohort} --work {work} && lamp evaluate "
-        f"--cohort {cohort} --work {work}"
-    )
+    if not settings.segmentation:
+        cohort, work = out / f"cohort{settings.tag}", out / f"work{settings.tag}"
+        print(
+            "Not run (no --segmentation on): the LAMP rows, Table 2 and the 'automatic' "
+            "baselines; `lamp demo --segmentation on` runs them, or stage by stage:\n"
+            f"  lamp segment train --cohort {cohort} --work {work}   (then lamp segment predict)\n"
+            f"  lamp features --cohort {cohort} --work {work}\n"
+            f"  lamp train --cohort {cohort} --work {work}\n"
+            f"  lamp baselines --cohort {cohort} --work {work} && lamp evaluate "
+            f"--cohort {cohort} --work {work}"
+        )
     return 0
 
 
