@@ -128,7 +128,9 @@ def run_demo(
     stage(f"synthetic cohort: {s.n_patients} patients, size {s.size} -> {cohort}")
     t0 = time.perf_counter()
     generate_cohort(
-        SynthRequest(out=cohort, n_patients=s.n_patients, seed=0, size=s.size),
+        # no nnU-Net raw export inside the cohort: the segmentation stage exports its own
+        # into WORK/nnunet, and without it nothing reads one
+        SynthRequest(out=cohort, n_patients=s.n_patients, seed=0, size=s.size, export_nnunet=False),
         SynthConfig(),
         workers=workers,
         progress=synth_progress,
