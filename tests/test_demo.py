@@ -75,3 +75,31 @@ def test_demo_runs_every_stage_on_a_tiny_cohort(tmp_path):
     # Table 2: the full model ("lamp", also LAMP's row of Table 1) and its three ablations
     assert {"lamp", "lamp_baseline", "lamp_abmla", "lamp_lacf"} <= set(t2["method"])
     assert (work / "reports" / "cohort.html").is_file()
+
+
+def test_lamp_demo_command_prints_the_cohort_summary_and_what_it_left_out(
+    tmp_path, monkeypatch, capsys
+):
+    """The CLI wrapper around `run_demo` (stages replaced by a tables-only cohort)."""
+    import lamp.demo as demo
+    from lamp.cli import main
+    from lamp.synth.generate import SynthRequest, generate_cohort
+
+    def fake_run_demo(out, settings, workers, say, synth_progress, stage_progress):
+        say("[1/3] synthetic cohort")
+        generate_cohort(SynthRequest(out=out / "cohort", n_patients=30, seed=0, tables_only=True))
+        say("[2/3] baselines")
+        say("[3/3] tables")
+        return {"synthetic cohort": 1.0, "baselines": 2.0}
+
+    monkeypatch.setattr(demo, "cuda_available", lambda: False)
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # the summary comes after the cohort stage and before the next one
+    first, second = lines.index("[1/3] synthetic cohort"), lines.index("[2/3] baselines")
+    assert any(ln.startswith("patients") and ln.split()[-1] == "30" for ln in lines[first:second])
+    assert "not run on a CPU unless asked (--segmentation on)" in out
+    assert "Stage wall times: synthetic cohort 1 s, baselines 2 s" in out
+    assert f"lamp segment train --cohort {tmp_path / 'cohort'}" in out
