@@ -44,8 +44,9 @@ def test_demo_runs_every_stage_on_a_tiny_cohort(tmp_path):
         seg_step=1.0,
         train_max_epochs=2,
         baselines=("IPI", "Metabolic (manual)", "Metabolic (automatic)"),
-        # no augmentation worker processes, one validation batch: start-up dominates here
-        seg_changes={"data_augmentation_processes": 0, "val_iterations_per_epoch": 1},
+        # one augmentation worker process (nnU-Net's planner cannot take 0), one
+        # validation batch: start-up dominates here
+        seg_changes={"data_augmentation_processes": 1, "val_iterations_per_epoch": 1},
     )
     lines: list[str] = []
     timings = run_demo(tmp_path, settings, workers=1, say=lines.append)
