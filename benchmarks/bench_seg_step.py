@@ -62,19 +62,9 @@ def _predict(cohort: Path, work: Path, cfg, plain: bool, fold: int, pids: list[s
             os.symlink((work / "nnunet").resolve(), link)
     pred_dir = out / "segmentation" / net / "pred"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    folds = read_folds(cohort / "folds.csv")
-    fold_ids = folds.loc[folds["fold"] == fold, "patient_id"].tolist()
-    # predict_out_of_fold predicts the fold's patients without a file: hide the others
-    hidden = [p for p in fold_ids if p not in pids and not (pred_dir / f"{p}.nii.gz").exists()]
-    for p in hidden:
-        (pred_dir / f"{p}.nii.gz").write_bytes(b"")
     todo = sum(not (pred_dir / f"{p}.nii.gz").exists() for p in pids)
     t0 = time.perf_counter()
-    try:
-        predict_out_of_fold(cohort, out, cfg, plain=plain, folds=[fold])
-    finally:
-        for p in hidden:
-            (pred_dir / f"{p}.nii.gz").unlink()
+    predict_out_of_fold(cohort, out, cfg, plain=plain, folds=[fold], patients=pids)
     return pred_dir, time.perf_counter() - t0, todo
 
 

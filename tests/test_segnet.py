@@ -168,6 +168,9 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
     cfg = dataclasses.replace(SEG_CONFIGS["tiny"], num_epochs=1, iterations_per_epoch=1)
     for plain in (False, True):
         assert (results_folder(work, cfg, plain) / "fold_0" / "checkpoint_final.pth").is_file()
+        # patients=: only those of the fold that are listed (none here)
+        out = predict_out_of_fold(cohort, work, cfg, plain=plain, folds=[0], patients=[])
+        assert not list(out.glob("*.nii.gz"))
         out = predict_out_of_fold(cohort, work, cfg, plain=plain, folds=[0])
         preds = sorted(p.name for p in out.glob("*.nii.gz"))
         assert len(preds) == 1 and not (out / ".partial").exists()

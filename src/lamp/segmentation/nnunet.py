@@ -267,8 +267,10 @@ def predict_out_of_fold(
     plain: bool = False,
     device: str = "cpu",
     folds: list[int] | None = None,
+    patients: list[str] | None = None,
 ) -> Path:
-    """Predict every patient with the model of the fold that held it out.
+    """Predict every patient (or only ``patients``) with the model of the fold that held
+    it out.
 
     Writes ``WORK/segmentation/<lamp|plain>/pred/<patient_id>.nii.gz`` (binary lesion
     masks on the PET grid, as nnU-Net exports them back to the raw geometry); returns
@@ -291,7 +293,7 @@ def predict_out_of_fold(
             pids = [
                 p
                 for p in fold_table.loc[fold_table["fold"] == k, "patient_id"]
-                if not (out_dir / f"{p}.nii.gz").is_file()
+                if not (out_dir / f"{p}.nii.gz").is_file() and (patients is None or p in patients)
             ]
             if not pids:
                 continue
