@@ -86,9 +86,10 @@ def test_lamp_demo_command_prints_the_cohort_summary_and_what_it_left_out(
     from lamp.cli import main
     from lamp.synth.generate import SynthRequest, generate_cohort
 
-    def fake_run_demo(out, settings, workers, say, synth_progress, stage_progress):
+    def fake_run_demo(out, settings, workers, say, synth_progress, stage_progress, on_cohort):
         say("[1/3] synthetic cohort")
         generate_cohort(SynthRequest(out=out / "cohort", n_patients=30, seed=0, tables_only=True))
+        on_cohort(out / "cohort")
         say("[2/3] baselines")
         say("[3/3] tables")
         return {"synthetic cohort": 1.0, "baselines": 2.0}

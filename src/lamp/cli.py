@@ -265,18 +265,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         )
     bar = _Progress()
-    state = {"summary_done": False}
 
     def say(line: str) -> None:
         bar.close()
-        if line.startswith("[2/") and not state["summary_done"]:
-            state["summary_done"] = True
-            _print_summary(summarize(out / f"cohort{settings.tag}"))
         print(line, flush=True)
+
+    def on_cohort(cohort: Path) -> None:
+        bar.close()
+        _print_summary(summarize(cohort))
 
     try:
         timings = run_demo(
-            out, settings, args.workers, say=say, synth_progress=bar, stage_progress=_Quiet()
+            out,
+            settings,
+            args.workers,
+            say=say,
+            synth_progress=bar,
+            stage_progress=_Quiet(),
+            on_cohort=on_cohort,
         )
     finally:
         bar.close()

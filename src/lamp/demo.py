@@ -110,8 +110,12 @@ def run_demo(
     say: Callable[[str], None] = print,
     synth_progress=None,
     stage_progress: Callable[[str], None] | None = None,
+    on_cohort: Callable[[Path], None] | None = None,
 ) -> dict[str, float]:
-    """Run every stage of ``s`` under ``out``; returns the wall time of each stage (s)."""
+    """Run every stage of ``s`` under ``out``; returns the wall time of each stage (s).
+
+    ``on_cohort`` is called with the cohort folder once the synthetic cohort is written
+    (the CLI prints its summary there)."""
     from lamp.synth.config import SynthConfig
     from lamp.synth.generate import SynthRequest, generate_cohort
 
@@ -136,6 +140,8 @@ def run_demo(
         progress=synth_progress,
     )
     timings["synthetic cohort"] = time.perf_counter() - t0
+    if on_cohort is not None:
+        on_cohort(cohort)
 
     if s.segmentation:
         from lamp.cohort import read_folds
