@@ -27,12 +27,9 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from lamp.cohort import case_path, read_folds
-from lamp.images import load_nifti
-from lamp.segmentation.instances import AUTOPET_CONNECTIVITY
-from lamp.segmentation.metrics import cohort_metrics, metrics_frame, segmentation_metrics
+from lamp.cohort import read_folds
+from lamp.segmentation.evaluate import patient_metrics
+from lamp.segmentation.metrics import cohort_metrics, metrics_frame
 from lamp.segmentation.nnunet import SEG_CONFIGS, predict_out_of_fold
 
 HEADLINE = ("dice_mean", "fpv_mean_ml", "fnv_mean_ml", "lesion_precision_pooled",
@@ -40,15 +37,7 @@ HEADLINE = ("dice_mean", "fpv_mean_ml", "fnv_mean_ml", "lesion_precision_pooled"
 
 
 def _metrics(cohort: Path, pred_dir: Path, pids: list[str]):
-    rows = {}
-    for p in pids:
-        pred, aff = load_nifti(pred_dir / f"{p}.nii.gz")
-        ref, _ = load_nifti(case_path(cohort, p, "lesions"))
-        voxel_ml = float(abs(np.linalg.det(aff[:3, :3]))) / 1000.0
-        rows[p] = segmentation_metrics(
-            pred > 0, ref > 0, voxel_ml, connectivity=AUTOPET_CONNECTIVITY
-        )
-    return metrics_frame(rows)
+    return metrics_frame({p: patient_metrics(cohort, pred_dir / f"{p}.nii.gz", p) for p in pids})
 
 
 def _predict(cohort: Path, work: Path, cfg, plain: bool, fold: int, pids: list[str], out: Path):

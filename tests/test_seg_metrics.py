@@ -436,3 +436,28 @@ def test_reference_against_itself_and_against_nothing(cohort):
     assert math.isnan(cb["lesion_precision_pooled"])
     table = compare_networks(a, b, names=("perfect", "empty"))
     assert table.loc["dice_mean", "perfect - empty"] == 1.0
+
+
+def test_patient_metrics_reads_a_prediction_file_and_checks_its_grid(cohort, tmp_path):
+    from lamp.images import save_nifti
+    from lamp.segmentation.evaluate import patient_metrics
+    from lamp.segmentation.nnunet import SegmentError
+
+    pid = sorted(p.name for p in (cohort / "cases").iterdir())[0]
+    lesions, affine = load_nifti(cohort / "cases" / pid / "lesions.nii.gz")
+    # the reference itself as prediction: a perfect score
+    good = tmp_path / f"{pid}.nii.gz"
+    save_nifti(good, (lesions > 0).astype(np.uint8), affine, np.uint8)
+    m = patient_metrics(cohort, good, pid)
+    assert m["dice"] == 1.0 and m["lesion_recall"] == 1.0
+    assert m["false_positive_volume_ml"] == 0.0 and m["false_negative_volume_ml"] == 0.0
+    # shifted by one voxel: another grid, named in the error
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 0]
+    bad = tmp_path / "shifted" / f"{pid}.nii.gz"
+    bad.parent.mkdir()
+    save_nifti(bad, (lesions > 0).astype(np.uint8), shifted, np.uint8)
+    with pytest.raises(SegmentError, match=f"not on the grid of .*lesions.nii.gz.*{pid}"):
+        patient_metrics(cohort, bad, pid)
+    with pytest.raises(SegmentError, match=f"no prediction for patient {pid}"):
+        patient_metrics(cohort, tmp_path / "none.nii.gz", pid)

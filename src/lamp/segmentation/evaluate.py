@@ -27,9 +27,42 @@ from lamp.segmentation.metrics import (
 )
 from lamp.segmentation.nnunet import SegmentError
 
-__all__ = ["NETWORKS", "evaluate_network", "write_comparison"]
+__all__ = [
+    "NETWORKS",
+    "evaluate_network",
+    "load_prediction",
+    "patient_metrics",
+    "write_comparison",
+]
 
 NETWORKS = {"lamp": "LAMP multimodal", "plain": "plain nnU-Net"}
+
+
+def load_prediction(
+    cohort: Path, pred_path: Path, pid: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One patient's predicted and reference lesion masks, checked to share a grid.
+
+    Returns (predicted mask, reference mask, affine, voxel volume in ml).
+    """
+    pred_path = Path(pred_path)
+    if not pred_path.is_file():
+        raise SegmentError(
+            f"{pred_path}: no prediction for patient {pid}; run lamp segment predict"
+        )
+    pred, affine = load_nifti(pred_path)
+    ref_path = case_path(cohort, pid, "lesions")
+    ref, ref_affine = load_nifti(ref_path)
+    if not same_grid(pred.shape, affine, ref.shape, ref_affine):
+        raise SegmentError(f"{pred_path}: not on the grid of {ref_path} (patient {pid})")
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    return pred > 0, ref > 0, affine, voxel_ml
+
+
+def patient_metrics(cohort: Path, pred_path: Path, pid: str) -> dict:
+    """The autoPET metrics of one patient's prediction file (see `segmentation_metrics`)."""
+    mask, ref, _, voxel_ml = load_prediction(cohort, pred_path, pid)
+    return segmentation_metrics(mask, ref, voxel_ml, connectivity=AUTOPET_CONNECTIVITY)
 
 
 def evaluate_network(cohort: Path, work: Path, net: str) -> tuple[pd.DataFrame, dict]:
@@ -44,22 +77,12 @@ def evaluate_network(cohort: Path, work: Path, net: str) -> tuple[pd.DataFrame, 
     per_patient = {}
     for pid in clinical["patient_id"]:
         pred_path = pred_dir / f"{pid}.nii.gz"
-        if not pred_path.is_file():
-            raise SegmentError(
-                f"{pred_path}: no prediction for patient {pid}; run lamp segment predict"
-            )
-        pred, affine = load_nifti(pred_path)
-        ref_path = case_path(cohort, pid, "lesions")
-        ref, ref_affine = load_nifti(ref_path)
-        if not same_grid(pred.shape, affine, ref.shape, ref_affine):
-            raise SegmentError(f"{pred_path}: not on the grid of {ref_path} (patient {pid})")
-        voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-        mask = pred > 0
+        mask, ref, affine, voxel_ml = load_prediction(cohort, pred_path, pid)
         inst_path = inst_dir / f"{pid}.nii.gz"
         if not inst_path.is_file():
             save_nifti(inst_path, lesion_instances(mask, voxel_ml), affine, np.uint16)
         per_patient[pid] = segmentation_metrics(
-            mask, ref > 0, voxel_ml, connectivity=AUTOPET_CONNECTIVITY
+            mask, ref, voxel_ml, connectivity=AUTOPET_CONNECTIVITY
         )
     table = metrics_frame(per_patient)
     write_metrics_csv(base / "metrics.csv", table)
