@@ -9,6 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lamp.baselines._deep import (
+    check_counts,
+    flip_where,
+    predict_in_batches,
+    seeded_generator,
+    train_epochs,
+)
 from lamp.baselines.common import BaselineError, read_oof
 from lamp.baselines.guo2021 import (
     UNLABELED,
@@ -171,6 +178,65 @@ def test_cohort_volumes_on_synthetic_cases(volumes):
     assert (vol.lesions.sum(axis=(1, 2, 3)) > 0).all()  # every synthetic patient has lesions
     # lesions are hot: PET inside lesions is higher than the body average
     assert pet[vol.lesions > 0.5].mean() > 2 * pet[ct > -0.5].mean()
+
+
+# --------------------------------------------------------------------------------------
+# The shared training scaffolding (_deep)
+# --------------------------------------------------------------------------------------
+
+
+def test_flip_where_flips_only_the_flagged_samples():
+    import torch
+
+    t = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    out = flip_where(t, torch.tensor([False, True]), 2)
+    assert torch.equal(out[0], t[0]) and torch.equal(out[1], t[1].flip(1))
+
+
+def test_train_epochs_order_flips_and_reported_means():
+    import torch
+
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = []
+
+    def batch_loss(idx, flip):
+        seen.append((idx.tolist(), flip.tolist()))
+        loss = model(idx.float()[:, None]).sum() * 0.0
+        return loss, {"size": torch.tensor(float(len(idx))), "first": idx[0].float()}
+
+    last = train_epochs(model, opt, 5, 2, 2, seeded_generator(7), batch_loss)
+    # 2 epochs of batches 2 + 2 + 1, each epoch a permutation of the 5 patients
+    assert [len(b[0]) for b in seen] == [2, 2, 1, 2, 2, 1]
+    assert sorted(sum((b[0] for b in seen[3:]), [])) == [0, 1, 2, 3, 4]
+    # per-patient means of the last epoch: (2 * 2 + 2 * 2 + 1 * 1) / 5
+    assert last["size"] == pytest.approx(9 / 5)
+    gen = seeded_generator(7)
+    order = torch.randperm(5, generator=gen).tolist()
+    assert seen[0][0] == order[:2]  # the same draws from the same seed
+    assert seen[0][1] == (torch.rand(2, generator=gen) < 0.5).tolist()
+    assert train_epochs(model, opt, 5, 0, 2, gen, batch_loss) == {}
+
+
+def test_predict_in_batches_concatenates_every_output():
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    x = torch.randn(7, 3)
+    whole = predict_in_batches(lambda a: (model(a), a.sum(1)), model, (x,), 100)
+    batched = predict_in_batches(lambda a: (model(a), a.sum(1)), model, (x,), 3)
+    assert len(batched) == 2 and batched[0].shape == (7, 2) and not model.training
+    assert torch.allclose(whole[0], batched[0]) and torch.equal(whole[1], batched[1])
+    (single,) = predict_in_batches(lambda a: a * 2, model, (x,), 4)
+    assert torch.equal(single, x * 2)
+
+
+def test_check_counts_names_the_setting():
+    with pytest.raises(BaselineError, match=r"Guo2021Config\.epochs: expected an integer >= 1"):
+        Guo2021Config(epochs=0)
+    with pytest.raises(BaselineError, match=r"Liu2022Config\.n_bins: .* got 2\.5"):
+        Liu2022Config(n_bins=2.5)
+    check_counts(Guo2021Config(), ("pseudo_epochs",), minimum=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -58,8 +58,16 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from lamp.baselines.common import BaselineError, Split, cross_validate, outcome_table
-from lamp.baselines.volumes import DEFAULT_SIZE, check_size, cohort_volumes, torch_threads
+from lamp.baselines._deep import (
+    check_counts,
+    cross_validate_volumes,
+    flip_where,
+    predict_in_batches,
+    seeded_generator,
+    train_epochs,
+)
+from lamp.baselines.common import BaselineError, Split
+from lamp.baselines.volumes import DEFAULT_SIZE, Volumes, check_size, torch_threads
 
 __all__ = [
     "METHOD",
@@ -131,16 +139,8 @@ class Guo2021Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", check_size(self.size, "Guo2021Config.size"))
-        for name in ("width", "feature_dim", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise BaselineError(
-                    f"Guo2021Config.{name}: expected an integer >= 1, got {value!r}"
-                )
-        if not isinstance(self.pseudo_epochs, int) or self.pseudo_epochs < 0:
-            raise BaselineError(
-                f"Guo2021Config.pseudo_epochs: expected an integer >= 0, got {self.pseudo_epochs!r}"
-            )
+        check_counts(self, ("width", "feature_dim", "epochs", "batch_size"))
+        check_counts(self, ("pseudo_epochs",), minimum=0)
         if not 0.5 < self.pseudo_threshold < 1.0:
             raise BaselineError(
                 "Guo2021Config.pseudo_threshold: expected in (0.5, 1), got "
@@ -292,6 +292,10 @@ class MipCNN(nn.Module):
         return self.head(feats).squeeze(1), feats
 
 
+#: Patients per forward pass when scoring (no gradients).
+_PREDICT_BATCH = 64
+
+
 def _train(
     model: MipCNN,
     cor: Tensor,
@@ -304,29 +308,21 @@ def _train(
     gen: torch.Generator,
     optimizer: torch.optim.Optimizer,
 ) -> None:
-    n = len(labels)
+    """Class- and patient-weighted BCE on the views, coronal view flipped left-right."""
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight), reduction="none")
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, config.batch_size):
-            idx = order[start : start + config.batch_size]
-            c = cor[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            c = torch.where(flip[:, None, None, None], c.flip(2), c)  # left-right
-            logits, _ = model(c, sag[idx])
-            w = weights[idx]
-            loss = (loss_fn(logits, labels[idx]) * w).sum() / w.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+
+    def batch_loss(idx: Tensor, flip: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        logits, _ = model(flip_where(cor[idx], flip, 2), sag[idx])  # left-right
+        w = weights[idx]
+        return (loss_fn(logits, labels[idx]) * w).sum() / w.sum(), {}
+
+    train_epochs(model, optimizer, len(labels), epochs, config.batch_size, gen, batch_loss)
 
 
-@torch.no_grad()
-def _predict(model: MipCNN, cor: Tensor, sag: Tensor, batch: int = 64) -> tuple[Tensor, Tensor]:
-    model.eval()
-    outs = [model(cor[i : i + batch], sag[i : i + batch]) for i in range(0, len(cor), batch)]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+def _predict(model: MipCNN, cor: Tensor, sag: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits (n,) and deep features (n, feature_dim)."""
+    logits, feats = predict_in_batches(model, model, (cor, sag), _PREDICT_BATCH)
+    return logits, feats
 
 
 def fit_predict_guo2021(
@@ -361,80 +357,68 @@ def fit_predict_guo2021(
         A training fold without a patient of each 2-year class.
     """
     with torch_threads(config.threads):
-        return _fit_predict_guo2021(train_images, time, event, test_images, config, seed)
-
-
-def _fit_predict_guo2021(
-    train_images: np.ndarray,
-    time: np.ndarray,
-    event: np.ndarray,
-    test_images: np.ndarray,
-    config: Guo2021Config,
-    seed: int,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    labels = two_year_labels(time, event, config.horizon_months)
-    labeled = labels != UNLABELED
-    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise BaselineError(
-            f"{METHOD}: expected training patients of both {config.horizon_months:g}-month "
-            f"classes, got {n_pos} with an event before and {n_neg} event-free at the horizon"
-        )
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    cor_np, sag_np = mip_views(train_images)
-    cor, sag = torch.from_numpy(cor_np), torch.from_numpy(sag_np)
-    model = MipCNN(config.width, config.feature_dim)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    pos_weight = n_neg / n_pos
-    y = torch.from_numpy(labels.clip(0).astype(np.float32))
-    lab_idx = torch.from_numpy(np.flatnonzero(labeled))
-    ones = torch.ones(len(labels))
-    _train(
-        model,
-        cor[lab_idx],
-        sag[lab_idx],
-        y[lab_idx],
-        ones[lab_idx],
-        pos_weight,
-        config.epochs,
-        config,
-        gen,
-        opt,
-    )
-
-    # round 2: confident round-1 predictions on the unlabeled patients become labels
-    unl_idx = np.flatnonzero(~labeled)
-    pseudo_idx = np.zeros(0, dtype=np.int64)
-    if config.pseudo_epochs > 0:
-        if len(unl_idx):
-            logits, _ = _predict(model, cor[unl_idx], sag[unl_idx])
-            p = torch.sigmoid(logits).numpy()
-            confident = (p >= config.pseudo_threshold) | (p <= 1.0 - config.pseudo_threshold)
-            pseudo_idx = unl_idx[confident]
-            y[pseudo_idx] = torch.from_numpy((p[confident] >= 0.5).astype(np.float32))
-        w = ones.clone()
-        w[pseudo_idx] = config.pseudo_weight
-        idx = torch.from_numpy(np.concatenate([np.flatnonzero(labeled), pseudo_idx]))
+        labels = two_year_labels(time, event, config.horizon_months)
+        labeled = labels != UNLABELED
+        n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            raise BaselineError(
+                f"{METHOD}: expected training patients of both {config.horizon_months:g}-month "
+                f"classes, got {n_pos} with an event before and {n_neg} event-free at the horizon"
+            )
+        gen = seeded_generator(seed)
+        cor_np, sag_np = mip_views(train_images)
+        cor, sag = torch.from_numpy(cor_np), torch.from_numpy(sag_np)
+        model = MipCNN(config.width, config.feature_dim)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        pos_weight = n_neg / n_pos
+        y = torch.from_numpy(labels.clip(0).astype(np.float32))
+        lab_idx = torch.from_numpy(np.flatnonzero(labeled))
+        ones = torch.ones(len(labels))
         _train(
             model,
-            cor[idx],
-            sag[idx],
-            y[idx],
-            w[idx],
+            cor[lab_idx],
+            sag[lab_idx],
+            y[lab_idx],
+            ones[lab_idx],
             pos_weight,
-            config.pseudo_epochs,
+            config.epochs,
             config,
             gen,
             opt,
         )
 
-    _, train_feats = _predict(model, cor[lab_idx], sag[lab_idx])
+        # round 2: confident round-1 predictions on the unlabeled patients become labels
+        unl_idx = np.flatnonzero(~labeled)
+        pseudo_idx = np.zeros(0, dtype=np.int64)
+        if config.pseudo_epochs > 0:
+            if len(unl_idx):
+                logits, _ = _predict(model, cor[unl_idx], sag[unl_idx])
+                p = torch.sigmoid(logits).numpy()
+                confident = (p >= config.pseudo_threshold) | (p <= 1.0 - config.pseudo_threshold)
+                pseudo_idx = unl_idx[confident]
+                y[pseudo_idx] = torch.from_numpy((p[confident] >= 0.5).astype(np.float32))
+            w = ones.clone()
+            w[pseudo_idx] = config.pseudo_weight
+            idx = torch.from_numpy(np.concatenate([np.flatnonzero(labeled), pseudo_idx]))
+            _train(
+                model,
+                cor[idx],
+                sag[idx],
+                y[idx],
+                w[idx],
+                pos_weight,
+                config.pseudo_epochs,
+                config,
+                gen,
+                opt,
+            )
+
+        _, train_feats = _predict(model, cor[lab_idx], sag[lab_idx])
+        t_cor, t_sag = (torch.from_numpy(v) for v in mip_views(test_images))
+        _, test_feats = _predict(model, t_cor, t_sag)
     f = train_feats.numpy().astype(np.float64)
     lab = labels[labeled]
     c_event, c_none = f[lab == 1].mean(axis=0), f[lab == 0].mean(axis=0)
-    t_cor, t_sag = (torch.from_numpy(v) for v in mip_views(test_images))
-    _, test_feats = _predict(model, t_cor, t_sag)
     psi = prediction_similarity_index(test_feats.numpy(), c_event, c_none)
     info = {
         "labeled_event": n_pos,
@@ -465,16 +449,11 @@ def run_guo2021(
     DataFrame with `lamp.baselines.common.OOF_COLUMNS` (method "Guo2021").
     """
     config = config or Guo2021Config()
-    table, _ = outcome_table(cohort)
-    volumes = cohort_volumes(
-        cohort, work, table["patient_id"].tolist(), config.size, None, progress
-    )
-    counts: list[dict[str, Any]] = []
 
-    def fit_predict(split: Split) -> np.ndarray:
-        train_rows = volumes.rows(split.train["patient_id"].tolist())
-        test_rows = volumes.rows(split.test["patient_id"].tolist())
-        psi, info = fit_predict_guo2021(
+    def fit_fold(
+        volumes: Volumes, train_rows: np.ndarray, test_rows: np.ndarray, split: Split
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        return fit_predict_guo2021(
             volumes.images[train_rows],
             split.train["time"].to_numpy(),
             split.train["event"].to_numpy(),
@@ -482,16 +461,7 @@ def run_guo2021(
             config,
             split.seed,
         )
-        counts.append({"endpoint": split.endpoint, "fold": split.fold, "seed": split.seed, **info})
-        return psi
 
-    return cross_validate(
-        METHOD,
-        fit_predict,
-        work,
-        cohort,
-        endpoints,
-        seeds,
-        settings={**config.to_dict(), "training_counts": counts},
-        progress=progress,
+    return cross_validate_volumes(
+        METHOD, fit_fold, work, cohort, endpoints, seeds, config, None, "training_counts", progress
     )
