@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +13,10 @@ from sksurv.metrics import concordance_index_censored
 from lamp.baselines.common import BaselineError
 from lamp.baselines.radiomics import (
     METHODS,
+    TEXTURE_CLASSES,
     RadiomicsConfig,
     RadiomicsSurvivalModel,
+    TextureGuardWarning,
     cohort_radiomics,
     extract_case_features,
     feature_columns,
@@ -80,14 +85,20 @@ def sphere_cohort(tmp_path_factory):
     return _write_cohort(tmp_path_factory.mktemp("radiomics"))
 
 
-def test_firstorder_and_shape_match_numpy_on_spheres():
-    rng = np.random.default_rng(3)
+def _two_balls(seed, small_suv):
+    """A PET with a big (label 2, SUV 4-12) and a small (label 1) ball, and its lesions."""
+    rng = np.random.default_rng(seed)
     pet = (1.0 + rng.random(SHAPE)).astype(np.float32)
     les = np.zeros(SHAPE, np.int64)
     big, small = _ball((6, 6, 8), 3.2), _ball((14, 14, 16), 2.2)
     pet[big] = rng.uniform(4.0, 12.0, int(big.sum()))
-    pet[small] = rng.uniform(10.0, 30.0, int(small.sum()))
+    pet[small] = rng.uniform(*small_suv, int(small.sum()))
     les[small], les[big] = 1, 2  # the dominant lesion is label 2 (the larger)
+    return pet, les, big, small
+
+
+def test_firstorder_and_shape_match_numpy_on_spheres():
+    pet, les, big, small = _two_balls(3, (10.0, 30.0))
     f = extract_case_features(pet, les, (SPACING,) * 3, NATIVE)
     assert f["n_lesions"] == 2 and f["dominant_label"] == 2
     union = big | small
@@ -100,7 +111,14 @@ def test_firstorder_and_shape_match_numpy_on_spheres():
         assert f[f"{region}_original_shape_VoxelVolume"] == pytest.approx(mask.sum() * voxel_ml)
     # the dominant lesion's hottest voxel is not the patient's
     assert f["dom_original_firstorder_Maximum"] < f["wtv_original_firstorder_Maximum"]
-    assert set(f) == {"n_lesions", "dominant_label", *feature_columns(NATIVE)}
+    assert set(f) == {
+        "n_lesions",
+        "dominant_label",
+        "texture_skipped_wtv",
+        "texture_skipped_dom",
+        *feature_columns(NATIVE),
+    }
+    assert f["texture_skipped_wtv"] == f["texture_skipped_dom"] == 0
 
 
 def test_no_lesion_and_degenerate_regions_give_nan_not_errors():
@@ -114,6 +132,67 @@ def test_no_lesion_and_degenerate_regions_give_nan_not_errors():
     assert f["n_lesions"] == 1 and np.isnan(f["wtv_original_firstorder_Mean"])
     masks, n, dominant = region_masks(np.zeros((2, 2, 2), np.int64))
     assert n == 0 and dominant == 0 and not masks["wtv"].any()
+
+
+def _is_texture(column):
+    return column.split("_")[2] in TEXTURE_CLASSES  # <region>_original_<class>_<name>
+
+
+def test_texture_guard_skips_large_regions_and_says_so():
+    pet, les, big, small = _two_balls(4, (4.0, 12.0))
+    full = extract_case_features(pet, les, (SPACING,) * 3, NATIVE)  # the defaults: no guard
+    # a limit between the dominant lesion and the union: only the union loses its texture
+    limit = int(big.sum())
+    small_limit = replace(NATIVE, max_texture_voxels=limit)
+    with pytest.warns(TextureGuardWarning) as caught:
+        f = extract_case_features(pet, les, (SPACING,) * 3, small_limit, patient_id="P9")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"radiomics: patient P9: region wtv: {int((big | small).sum())} ")
+    assert f"voxels > max_texture_voxels {limit}" in message
+    assert f["texture_skipped_wtv"] == 1 and f["texture_skipped_dom"] == 0
+    columns = feature_columns(NATIVE)
+    assert any(_is_texture(c) for c in columns) and not all(_is_texture(c) for c in columns)
+    for c in columns:
+        if c.startswith("wtv_") and _is_texture(c):
+            assert np.isnan(f[c]), c
+        else:  # firstorder, shape and the dominant lesion's texture: as without the guard
+            assert f[c] == full[c] or (np.isnan(f[c]) and np.isnan(full[c])), c
+    assert np.isfinite(f["wtv_original_shape_VoxelVolume"])
+    # SUV 1-12 spans 40 bins of 0.3: over a 10-level limit, both regions are skipped
+    with pytest.warns(TextureGuardWarning, match="grey levels .* > max_texture_grey_levels 10"):
+        g = extract_case_features(
+            pet, les, (SPACING,) * 3, replace(NATIVE, max_texture_grey_levels=10)
+        )
+    assert g["texture_skipped_wtv"] == g["texture_skipped_dom"] == 1
+    assert all(np.isnan(g[c]) for c in columns if _is_texture(c))
+    with pytest.raises(BaselineError, match="max_texture_voxels"):
+        RadiomicsConfig(max_texture_voxels=0).check()
+
+
+def test_texture_guard_is_recorded_in_the_table_and_the_config(tmp_path):
+    cohort, work = _write_cohort(tmp_path)
+    cfg = RadiomicsConfig(resampled_spacing_mm=None, n_select=3, max_texture_voxels=60)
+    with pytest.warns(TextureGuardWarning, match="patient P0") as caught:
+        feats = cohort_radiomics(cohort, work, "manual", config=cfg)
+    skipped = feats.set_index("patient_id")[["texture_skipped_wtv", "texture_skipped_dom"]]
+    assert skipped.dtypes.eq(int).all()
+    assert skipped.loc["P000"].tolist() == [0, 0]  # no lesion
+    n_wtv = [round(n) for n in feats["wtv_original_shape_VoxelVolume"] / SPACING**3 if n == n]
+    assert skipped["texture_skipped_wtv"].sum() == sum(n > 60 for n in n_wtv) > 0
+    assert len(caught) == int(skipped.to_numpy().sum())  # one warning per skipped region
+    texture = [c for c in feats.columns if c.startswith("wtv_") and _is_texture(c)]
+    hit = feats["texture_skipped_wtv"] == 1
+    assert feats.loc[hit, texture].isna().all().all()
+    assert feats.loc[hit, "wtv_original_firstorder_Mean"].notna().all()
+    again = cohort_radiomics(cohort, work, "manual", config=cfg)  # from the cache
+    pd.testing.assert_frame_equal(again, feats)
+    oof = run_radiomics(work, cohort, "manual", endpoints=["pfs"], config=cfg, features=feats)
+    assert np.isfinite(oof["risk"]).all()
+    config = json.loads((work / "baselines" / METHODS["manual"] / "config.json").read_text())
+    settings = config["settings"]
+    assert settings["max_texture_voxels"] == 60
+    assert settings["texture_skipped"]["wtv"] == feats.loc[hit, "patient_id"].tolist()
 
 
 def test_univariate_concordance_matches_scikit_survival():

@@ -36,6 +36,25 @@ What the source says and what is chosen here (``reference/baselines.md``, "Radio
 * **No lesion.** A patient without lesions (or a region too small for pyradiomics: one
   voxel, or a line) gets NaN features; in each training fold NaNs are replaced by the
   training median and a ``no_lesion`` indicator (0/1) is one more candidate feature.
+* **Huge regions** (a guard of this reconstruction, not of the source). A predicted mask
+  can take in physiological uptake (the bladder, the brain, half the body). The cost of
+  the texture classes grows with the region: GLSZM holds a (grey levels x largest zone)
+  float64 matrix and copies it (measured: +0.7 GB for a 268 000-voxel region with one
+  134 000-voxel zone and 333 grey levels), and GLCM's MCC feature takes an
+  eigendecomposition of a (grey levels)² matrix for each of 13 directions (measured on
+  the loaded 2-core machine: 5-34 s per region of 333 grey levels, 140 s for 1000). So
+  a region with more than ``max_texture_voxels`` voxels (default `MAX_TEXTURE_VOXELS` =
+  100 000 on the grid the features are computed on: 6.4 l at 4 mm, 0.8 l at 2 mm) or
+  spanning more than ``max_texture_grey_levels`` bins (default
+  `MAX_TEXTURE_GREY_LEVELS` = 256, an SUV range of 76.8 at 0.3 SUV) gets NaN for its
+  texture classes (`TEXTURE_CLASSES`), imputed in each training fold like a missing
+  region. Its firstorder and shape features are still computed, first, in a pass of
+  their own (they give the voxel count and the SUV range the rule looks at; measured
+  about 1 s and 14 s for a 900 000-voxel ball; the second pass, resampling again for the
+  texture classes, costs about +30 % of the extraction time of an ordinary patient).
+  Each such region is reported: a `TextureGuardWarning` naming the patient, the region
+  and the reason, a 0/1 column ``texture_skipped_<region>`` in ``features.csv``, and the
+  patients' ids under ``texture_skipped`` in the method's ``config.json``.
 * **Model, fitted on the training fold only** (`RadiomicsSurvivalModel`): median
   imputation, constant features dropped, features ranked by their univariate Harrell
   concordance (``|C − 0.5|``, so a protective feature ranks as high as a harmful one),
@@ -87,6 +106,10 @@ __all__ = [
     "METHODS",
     "REGIONS",
     "FEATURE_CLASSES",
+    "TEXTURE_CLASSES",
+    "MAX_TEXTURE_VOXELS",
+    "MAX_TEXTURE_GREY_LEVELS",
+    "TextureGuardWarning",
     "RadiomicsConfig",
     "region_masks",
     "extract_case_features",
@@ -114,8 +137,39 @@ FEATURE_CLASSES: tuple[str, ...] = (
     "gldm",
     "ngtdm",
 )
-#: Bookkeeping columns of ``features.csv`` in front of the features.
-_INFO_COLUMNS = ("patient_id", "n_lesions", "dominant_label", "source_mtime_ns")
+#: The texture classes: their matrices and run times grow with the region (the guard below).
+TEXTURE_CLASSES: tuple[str, ...] = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
+#: Default ``RadiomicsConfig.max_texture_voxels``: a region with more voxels than this, on
+#: the grid the features are computed on (after resampling), gets NaN texture features.
+#: Why: the GLSZM matrix is (grey levels x largest zone) float64, copied two to three
+#: times, so a whole-body or whole-organ predicted mask (10⁵-10⁶ voxels at 2 mm) costs
+#: gigabytes; at this limit and `MAX_TEXTURE_GREY_LEVELS` it is 0.2 GB a copy. What it
+#: costs: 100 000 voxels are 6.4 l at the default 4 mm (above any plausible tumour
+#: burden) but 0.8 l at 2 mm, where very bulky disease can lose its texture features.
+MAX_TEXTURE_VOXELS = 100_000
+#: Default ``RadiomicsConfig.max_texture_grey_levels``: a region spanning more fixed-width
+#: bins than this gets NaN texture features. Why: GLCM's MCC feature decomposes a
+#: (grey levels)² matrix for each of 13 directions, cubic in the grey levels (measured:
+#: 140 s per region at 1000 levels, i.e. SUV 1-300 as a bladder full of urine can give).
+#: What it costs: 256 bins of 0.3 SUV are an SUV range of 76.8, above the SUVmax of
+#: lymphoma lesions in practice; a region reaching further loses its texture features.
+MAX_TEXTURE_GREY_LEVELS = 256
+#: Bookkeeping columns of ``features.csv`` in front of the features: the last ones are
+#: 1 where the guard left a region's texture features NaN.
+_SKIPPED_COLUMNS = tuple(f"texture_skipped_{region}" for region in REGIONS)
+_INFO_COLUMNS = (
+    "patient_id",
+    "n_lesions",
+    "dominant_label",
+    "source_mtime_ns",
+    *_SKIPPED_COLUMNS,
+)
+
+
+class TextureGuardWarning(UserWarning):
+    """A region too large for the texture classes: their features are left NaN."""
+
+
 _INDICATOR = "no_lesion"
 
 
@@ -138,6 +192,12 @@ class RadiomicsConfig:
         ``"Wavelet"``. Off by default (see the module docstring for their cost).
     log_sigma_mm : tuple of float
         σ of the LoG filter, mm.
+    max_texture_voxels : int or None
+        A region with more voxels than this on the extraction grid gets NaN texture
+        features (`TEXTURE_CLASSES`); None: no limit. See `MAX_TEXTURE_VOXELS`.
+    max_texture_grey_levels : int or None
+        A region spanning more ``bin_width`` bins than this gets NaN texture features;
+        None: no limit. See `MAX_TEXTURE_GREY_LEVELS`.
     model : {"coxnet", "rsf"}
         Elastic-net Cox (scikit-survival ``CoxnetSurvivalAnalysis``) or random survival
         forest.
@@ -165,6 +225,8 @@ class RadiomicsConfig:
     interpolator: str = "sitkLinear"
     filters: tuple[str, ...] = ()
     log_sigma_mm: tuple[float, ...] = (2.0, 6.0)
+    max_texture_voxels: int | None = MAX_TEXTURE_VOXELS
+    max_texture_grey_levels: int | None = MAX_TEXTURE_GREY_LEVELS
     model: str = "coxnet"
     corr_threshold: float = 0.9
     n_select: int = 10
@@ -184,6 +246,12 @@ class RadiomicsConfig:
             )
         if not self.bin_width > 0:
             raise BaselineError(f"radiomics: bin_width must be > 0 SUV, got {self.bin_width!r}")
+        for name in ("max_texture_voxels", "max_texture_grey_levels"):
+            limit = getattr(self, name)
+            if limit is not None and (not isinstance(limit, int | np.integer) or limit < 1):
+                raise BaselineError(
+                    f"radiomics: {name} must be an integer >= 1 or None, got {limit!r}"
+                )
         bad = [f for f in self.filters if f not in ("LoG", "Wavelet")]
         if bad:
             raise BaselineError(f"radiomics: filters must be among LoG, Wavelet; got {bad}")
@@ -214,6 +282,8 @@ class RadiomicsConfig:
             "log_sigma_mm": list(self.log_sigma_mm) if "LoG" in self.filters else [],
             "feature_classes": list(FEATURE_CLASSES),
             "regions": list(REGIONS),
+            "max_texture_voxels": self.max_texture_voxels,
+            "max_texture_grey_levels": self.max_texture_grey_levels,
         }
 
 
@@ -239,7 +309,8 @@ def _radiomics() -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _extractor(extraction_json: str) -> Any:
+def _extractor(extraction_json: str, classes: tuple[str, ...] | None = None) -> Any:
+    """The pyradiomics extractor of the settings, for ``classes`` (default: all of them)."""
     _radiomics()
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
@@ -254,7 +325,7 @@ def _extractor(extraction_json: str) -> Any:
         settings["resampledPixelSpacing"] = [float(ex["resampled_spacing_mm"])] * 3
     extractor = RadiomicsFeatureExtractor(**settings)
     extractor.disableAllFeatures()
-    for name in ex["feature_classes"]:
+    for name in ex["feature_classes"] if classes is None else classes:
         extractor.enableFeatureClassByName(name)
     types: dict[str, dict[str, Any]] = {"Original": {}}
     if "LoG" in ex["filters"]:
@@ -267,9 +338,14 @@ def _extractor(extraction_json: str) -> Any:
 
 
 def _execute(
-    pet: NDArray, mask: NDArray[np.bool_], spacing: Sequence[float], extraction_json: str
+    pet: NDArray,
+    mask: NDArray[np.bool_],
+    spacing: Sequence[float],
+    extraction_json: str,
+    classes: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
-    """pyradiomics on one region; raises ValueError for a region it cannot describe."""
+    """pyradiomics on one region (``classes``, default all); raises ValueError for a region
+    it cannot describe."""
     import SimpleITK as sitk
 
     # SimpleITK arrays are (z, y, x); the spacing is what the features depend on
@@ -281,7 +357,7 @@ def _execute(
         # numpy warnings inside pyradiomics (0/0 on degenerate matrices give NaN features,
         # imputed later) are not actionable for a user
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = _extractor(extraction_json).execute(image, label, label=1)
+        result = _extractor(extraction_json, classes).execute(image, label, label=1)
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
 
@@ -326,11 +402,59 @@ def region_masks(instances: NDArray[np.integer]) -> tuple[dict[str, NDArray[np.b
     return {"wtv": instances > 0, "dom": instances == dominant}, len(labels), dominant
 
 
+def _texture_guard(
+    values: dict[str, float], spacing: Sequence[float], ex: dict[str, Any]
+) -> str | None:
+    """Why a region is too large for the texture classes (None: it is not).
+
+    ``values`` are the region's original firstorder and shape features: the voxel count
+    is ``VoxelVolume`` over the voxel volume of the extraction grid, the grey levels the
+    bins of width ``bin_width`` that ``[Minimum, Maximum]`` spans (pyradiomics' Ng, up to
+    rounding; its texture matrices then drop the empty levels).
+    """
+    step = ex["resampled_spacing_mm"]
+    voxel_mm3 = float(step) ** 3 if step is not None else float(np.prod(spacing))
+    n_voxels = int(round(values["original_shape_VoxelVolume"] / voxel_mm3))
+    width = ex["bin_width"]
+    low, high = values["original_firstorder_Minimum"], values["original_firstorder_Maximum"]
+    n_levels = int(np.floor(high / width) - np.floor(low / width)) + 1
+    reasons = []
+    if ex["max_texture_voxels"] is not None and n_voxels > ex["max_texture_voxels"]:
+        reasons.append(f"{n_voxels} voxels > max_texture_voxels {ex['max_texture_voxels']}")
+    limit = ex["max_texture_grey_levels"]
+    if limit is not None and n_levels > limit:
+        reasons.append(
+            f"{n_levels} grey levels (SUV {low:.3g}-{high:.3g} in bins of {width:g}) > "
+            f"max_texture_grey_levels {limit}"
+        )
+    return " and ".join(reasons) or None
+
+
+def _region_features(
+    pet: NDArray, mask: NDArray[np.bool_], spacing: Sequence[float], extraction_json: str
+) -> tuple[dict[str, float], str | None]:
+    """One region's features and why its texture features were skipped (None: they were not).
+
+    Two pyradiomics passes: firstorder and shape, then the texture classes unless the
+    region is too large for them (`_texture_guard`). Raises ValueError for a region
+    pyradiomics cannot describe.
+    """
+    ex = json.loads(extraction_json)
+    base = tuple(c for c in ex["feature_classes"] if c not in TEXTURE_CLASSES)
+    texture = tuple(c for c in ex["feature_classes"] if c in TEXTURE_CLASSES)
+    values = _execute(pet, mask, spacing, extraction_json, base)
+    skipped = _texture_guard(values, spacing, ex)
+    if skipped is None and texture:
+        values.update(_execute(pet, mask, spacing, extraction_json, texture))
+    return values, skipped
+
+
 def extract_case_features(
     pet: NDArray[np.floating],
     instances: NDArray[np.integer],
     spacing_mm: Sequence[float],
     config: RadiomicsConfig | None = None,
+    patient_id: str | None = None,
 ) -> dict[str, float]:
     """Radiomics features of one patient's two regions.
 
@@ -342,12 +466,21 @@ def extract_case_features(
     spacing_mm : sequence of 3 float
         Voxel size along i, j, k, mm.
     config : RadiomicsConfig, optional
+    patient_id : str, optional
+        Named in the warnings.
 
     Returns
     -------
     dict
-        ``n_lesions``, ``dominant_label`` and every column of `feature_columns` (NaN for a
-        region that is empty, or that pyradiomics cannot describe: one voxel, or a line).
+        ``n_lesions``, ``dominant_label``, ``texture_skipped_<region>`` (1 where the region
+        was too large for the texture classes, else 0) and every column of
+        `feature_columns` (NaN for a region that is empty, or that pyradiomics cannot
+        describe: one voxel, or a line; NaN for the texture classes of a skipped region).
+
+    Warns
+    -----
+    TextureGuardWarning
+        Once per region whose texture features were skipped, with the reason.
     """
     config = config or RadiomicsConfig()
     if pet.shape != instances.shape:
@@ -360,13 +493,24 @@ def extract_case_features(
     out: dict[str, float] = {"n_lesions": n_lesions, "dominant_label": dominant}
     for region in REGIONS:
         values: dict[str, float] = {}
+        skipped = None
         if masks[region].any():
             try:
-                values = _execute(pet, masks[region], spacing_mm, extraction_json)
+                values, skipped = _region_features(pet, masks[region], spacing_mm, extraction_json)
             except ValueError:
                 # pyradiomics refuses single-voxel and 1-D regions (its checkMask); such a
                 # region is described by the imputed features, as a missing one
                 values = {}
+        out[f"texture_skipped_{region}"] = int(skipped is not None)
+        if skipped is not None:
+            who = f"patient {patient_id}: " if patient_id is not None else ""
+            warnings.warn(
+                f"radiomics: {who}region {region}: {skipped}: its texture features "
+                f"({', '.join(TEXTURE_CLASSES)}) are left NaN (imputed like a missing "
+                "region), firstorder and shape are computed",
+                TextureGuardWarning,
+                stacklevel=2,
+            )
         for name in names:
             out[f"{region}_{name}"] = values.get(name, np.nan)
     return out
@@ -416,7 +560,7 @@ def case_radiomics(
     row: dict[str, Any] = {"patient_id": patient_id}
     row.update(
         extract_case_features(
-            pet.astype(np.float32), np.rint(les).astype(np.int64), spacing, config
+            pet.astype(np.float32), np.rint(les).astype(np.int64), spacing, config, patient_id
         )
     )
     row["source_mtime_ns"] = _mtime_ns(les_path, pet_path)
@@ -442,7 +586,9 @@ def cohort_radiomics(
     -------
     DataFrame
         One row per patient, in the order of ``patient_ids``: ``patient_id``,
-        ``n_lesions``, ``dominant_label``, ``source_mtime_ns`` and `feature_columns`.
+        ``n_lesions``, ``dominant_label``, ``source_mtime_ns``, ``texture_skipped_wtv``,
+        ``texture_skipped_dom`` (1 where the texture features of that region were left
+        NaN as too large, see `MAX_TEXTURE_VOXELS`) and `feature_columns`.
     """
     if masks not in MASKS:
         raise BaselineError(f"radiomics: lesion masks: expected one of {MASKS}, got {masks!r}")
@@ -486,7 +632,8 @@ def cohort_radiomics(
         if progress is not None:
             progress(f"radiomics ({masks}) {i + 1}/{len(todo)}: {pid}")
     out = pd.DataFrame([rows[p] for p in patient_ids], columns=columns)
-    out[["n_lesions", "dominant_label"]] = out[["n_lesions", "dominant_label"]].astype(int)
+    counts = ["n_lesions", "dominant_label", *_SKIPPED_COLUMNS]
+    out[counts] = out[counts].astype(int)
     return out.reset_index(drop=True)
 
 
@@ -807,7 +954,13 @@ def run_radiomics(
         )
         return model.predict(candidates.loc[split.test["patient_id"].to_numpy()])
 
-    settings = {"masks": masks, **asdict(config)}
+    settings: dict[str, Any] = {"masks": masks, **asdict(config)}
+    # the patients whose region was too large for the texture classes (their NaN imputed)
+    settings["texture_skipped"] = {
+        region: features.loc[features[col] == 1, "patient_id"].tolist()
+        for region, col in zip(REGIONS, _SKIPPED_COLUMNS, strict=True)
+        if col in features.columns
+    }
     return cross_validate(
         METHODS[masks], fit_predict, work, cohort, endpoints, seeds, settings, progress
     )
