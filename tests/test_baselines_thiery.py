@@ -277,6 +277,26 @@ def test_learns_a_planted_tumour_burden_signal(tmp_path):
     assert c_model > 0.7, (c_model, c_true)
 
 
+def test_training_draws_batch_orders_only():
+    """Thiery trains through `_deep.train_epochs` with flips=False: no left-right draw, so
+    the generator yields one permutation per epoch and nothing else."""
+    from lamp.baselines._deep import seeded_generator, train_epochs
+
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = []
+
+    def batch_loss(idx, flip):
+        seen.append((idx.tolist(), flip.tolist()))
+        return model(idx.float()[:, None]).sum() * 0.0, {}
+
+    assert train_epochs(model, opt, 5, 2, 3, seeded_generator(4), batch_loss, flips=False) == {}
+    gen = seeded_generator(4)
+    orders = [torch.randperm(5, generator=gen).tolist() for _ in range(2)]
+    assert [b[0] for b in seen] == [orders[0][:3], orders[0][3:], orders[1][:3], orders[1][3:]]
+    assert all(not any(b[1]) and len(b[1]) == len(b[0]) for b in seen)
+
+
 def test_failures_are_named(tmp_path):
     cohort, work, lesions, _ = write_cohort(tmp_path, n=30)
     split = a_split(cohort)

@@ -17,6 +17,12 @@ input, network, loss, training rounds and risk; around these they do the same: b
   (`predict_in_batches`).
 
 What each model does with a batch (views, masks, losses) stays in its module.
+
+Thiery2025 (`lamp.baselines.thiery2025`), on lesion graphs rather than volumes, uses only
+`check_counts`, `seeded_generator` and `train_epochs` (with ``flips=False``: a lesion
+graph has no left-right augmentation); it builds its graphs once and calls
+`lamp.baselines.common.cross_validate` itself, and scores a held-out fold in one padded
+pass.
 """
 
 from __future__ import annotations
@@ -85,13 +91,14 @@ def train_epochs(
     batch_size: int,
     gen: torch.Generator,
     batch_loss: Callable[[Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]],
+    flips: bool = True,
 ) -> dict[str, float]:
     """Mini-batch training of ``model`` for ``epochs`` over ``n`` patients.
 
     Each epoch draws a random order of the patients from ``gen``; each batch draws, from
-    ``gen`` as well, whether each of its patients is flipped left-right (probability 1/2),
-    then ``batch_loss(idx, flip)`` returns the batch's loss and the named parts of it to
-    report; one Adam (or other ``optimizer``) step follows.
+    ``gen`` as well, whether each of its patients is flipped left-right (probability 1/2;
+    unless ``flips`` is False), then ``batch_loss(idx, flip)`` returns the batch's loss
+    and the named parts of it to report; one Adam (or other ``optimizer``) step follows.
 
     Parameters
     ----------
@@ -104,6 +111,9 @@ def train_epochs(
         ``batch_loss(idx, flip) -> (loss, parts)``: ``idx`` (int64, shape (B,)) the
         patients of the batch, ``flip`` (bool, shape (B,)) those to flip; ``parts`` maps
         names to scalar tensors (may be empty).
+    flips : bool, default True
+        False: no flip is drawn (``gen`` then draws only the batch orders) and ``flip``
+        is all False.
 
     Returns
     -------
@@ -118,7 +128,10 @@ def train_epochs(
         sums: dict[str, float] = {}
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
+            if flips:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+            else:
+                flip = torch.zeros(len(idx), dtype=torch.bool)
             loss, parts = batch_loss(idx, flip)
             optimizer.zero_grad()
             loss.backward()

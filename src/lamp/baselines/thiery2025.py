@@ -79,8 +79,10 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional as F
 
+from lamp.baselines._deep import check_counts, seeded_generator, train_epochs
 from lamp.baselines.common import BaselineError, Split, cross_validate, outcome_table
 from lamp.baselines.lesions import MASKS, cohort_lesion_tables
+from lamp.baselines.volumes import torch_threads
 
 __all__ = [
     "METHOD",
@@ -177,11 +179,9 @@ class ThieryConfig:
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:
-        positive_ints = ("hidden", "heads", "gat_layers", "pool_k", "max_lesions", "epochs")
-        for name in (*positive_ints, "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise BaselineError(f"ThieryConfig.{name}: expected an integer >= 1, got {value!r}")
+        check_counts(
+            self, ("hidden", "heads", "gat_layers", "pool_k", "max_lesions", "epochs", "batch_size")
+        )
         if self.hidden % self.heads:
             raise BaselineError(
                 f"ThieryConfig: hidden ({self.hidden}) must be a multiple of heads ({self.heads})"
@@ -643,22 +643,15 @@ def fit_predict_thiery(
     test_batch = collate_graphs(test_graphs, node_mean, node_std)
     test_clinical = clinical_tensor(_clinical_matrix(split.test, where))
 
-    threads = torch.get_num_threads()
-    try:
-        # The tensors are tiny: a second intra-op thread costs more than it gains
-        # (measured: 7x the CPU time per step on a busy 2-core machine), and one thread
-        # keeps the sums in one order.
-        torch.set_num_threads(1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(split.seed)
-            model = _train(graphs, clinical, target, config, split.seed)
-            model.eval()
-            with torch.no_grad():
-                risk = model(
-                    test_batch.nodes, test_batch.distances_mm, test_batch.mask, test_clinical
-                )
-    finally:
-        torch.set_num_threads(threads)
+    # The tensors are tiny: a second intra-op thread costs more than it gains (measured:
+    # 7x the CPU time per step on a busy 2-core machine), and one thread keeps the sums in
+    # one order.
+    with torch_threads(1), torch.random.fork_rng(devices=[]):
+        model = _train(graphs, clinical, target, config, seeded_generator(split.seed))
+        # the whole held-out fold in one padded pass
+        model.eval()
+        with torch.no_grad():
+            risk = model(test_batch.nodes, test_batch.distances_mm, test_batch.mask, test_clinical)
     return risk.numpy().astype(np.float64)
 
 
@@ -667,24 +660,33 @@ def _train(
     clinical: torch.Tensor,
     target: torch.Tensor,
     config: ThieryConfig,
-    seed: int,
+    generator: torch.Generator,
 ) -> ThieryNet:
-    """Adam on BCE for ``config.epochs`` epochs of shuffled mini-batches (seeded)."""
+    """Adam on BCE for ``config.epochs`` epochs of mini-batches shuffled by ``generator``.
+
+    The weights are drawn from torch's global generator (seeded by the caller, as
+    `seeded_generator` does); no augmentation.
+    """
     model = ThieryNet(config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(target)
-    model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.batch_size):
-            idx = order[start : start + config.batch_size]
-            batch = graphs[idx]
-            logit = model(batch.nodes, batch.distances_mm, batch.mask, clinical[idx])
-            loss = F.binary_cross_entropy_with_logits(logit, target[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+
+    def batch_loss(
+        idx: torch.Tensor, flip: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = graphs[idx]
+        logit = model(batch.nodes, batch.distances_mm, batch.mask, clinical[idx])
+        return F.binary_cross_entropy_with_logits(logit, target[idx]), {}
+
+    train_epochs(
+        model,
+        optimiser,
+        len(target),
+        config.epochs,
+        config.batch_size,
+        generator,
+        batch_loss,
+        flips=False,
+    )
     return model
 
 
