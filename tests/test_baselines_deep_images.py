@@ -247,7 +247,7 @@ def test_check_counts_names_the_setting():
 def test_two_year_labels_by_hand():
     time = [10.0, 30.0, 12.0, 24.0, 24.0, 5.0, 23.9]
     event = [1, 0, 0, 1, 0, 0, 1]
-    expected = [1, 0, UNLABELED, 0, 0, UNLABELED, 1]
+    expected = [1, 0, UNLABELED, 1, 0, UNLABELED, 1]  # an event at 24.0 is an event by 24
     assert two_year_labels(time, event).tolist() == expected
     assert two_year_labels([10.0, 30.0], [0, 1], horizon_months=12.0).tolist() == [UNLABELED, 0]
     with pytest.raises(BaselineError, match="one length"):

@@ -16,10 +16,11 @@ Known (abstract)
 Chosen here
 -----------
 * **Endpoint** (`two_year_labels`): the binary 2-year outcome of the endpoint being
-  predicted (PFS or OS; one network per endpoint and fold). Event before 24 months
-  (``event == 1 and time < 24``) -> 1; followed event-free up to at least 24 months
-  (``time >= 24``, whatever happens later) -> 0; censored before 24 months -> unlabeled.
-  An event at exactly 24.0 months counts as event-free at 24 months.
+  predicted (PFS or OS; one network per endpoint and fold). Event by 24 months
+  (``event == 1 and time <= 24``) -> 1; otherwise followed event-free up to at least 24
+  months (``time >= 24``, whatever happens later) -> 0; censored before 24 months ->
+  unlabeled. An event at exactly 24.0 months counts as an event by 24 months (as the
+  AUC at 24 months counts it, T <= t, and as Thiery2025's labels do).
 * **Input**: two 2D views of the fixed-size volume of `lamp.baselines.volumes` (default
   32 x 32 x 64): the coronal and the sagittal projection, each a 2-channel image
   (PET maximum-intensity projection; CT *mean* projection, because a CT MIP shows little
@@ -100,7 +101,7 @@ class Guo2021Config:
     size : (nx, ny, nz), default (32, 32, 64)
         Fixed-size volume the projections are made from (`lamp.baselines.volumes`).
     horizon_months : float, default 24
-        The binary endpoint: event before this time.
+        The binary endpoint: event by this time (time <= horizon).
     width : int, default 8
         Channels of the first convolution block (then 2x, 4x, 4x).
     feature_dim : int, default 32
@@ -179,7 +180,7 @@ def two_year_labels(
     event: Sequence[int] | np.ndarray,
     horizon_months: float = 24.0,
 ) -> np.ndarray:
-    """The binary outcome at the horizon: 1 event before, 0 event-free at, -1 unknown.
+    """The binary outcome at the horizon: 1 event by it, 0 event-free at it, -1 unknown.
 
     Parameters
     ----------
@@ -190,8 +191,11 @@ def two_year_labels(
     Returns
     -------
     ndarray of int64, shape (n,)
-        1 if ``event == 1 and time < horizon``; 0 if ``time >= horizon`` (followed
-        event-free up to the horizon); `UNLABELED` (-1) if censored before the horizon.
+        1 if ``event == 1 and time <= horizon``; otherwise 0 if ``time >= horizon``
+        (followed event-free up to the horizon); `UNLABELED` (-1) if censored before
+        the horizon. An event exactly at the horizon counts as an event by it, as the
+        cumulative/dynamic AUC at that time counts it (cases: T <= t) and as Thiery2025's
+        labels do.
     """
     t = np.asarray(time, dtype=np.float64)
     e = np.asarray(event)
@@ -202,7 +206,7 @@ def two_year_labels(
         )
     labels = np.full(t.shape, UNLABELED, dtype=np.int64)
     labels[t >= horizon_months] = 0
-    labels[(t < horizon_months) & (e == 1)] = 1
+    labels[(t <= horizon_months) & (e == 1)] = 1
     return labels
 
 
@@ -241,7 +245,7 @@ def prediction_similarity_index(
     features : ndarray, shape (n, d)
     centroid_event, centroid_no_event : ndarray, shape (d,)
         Mean deep features of the training patients with (label 1) and without (label 0)
-        an event before the horizon.
+        an event by the horizon.
 
     Returns
     -------
@@ -363,7 +367,7 @@ def fit_predict_guo2021(
         if n_pos == 0 or n_neg == 0:
             raise BaselineError(
                 f"{METHOD}: expected training patients of both {config.horizon_months:g}-month "
-                f"classes, got {n_pos} with an event before and {n_neg} event-free at the horizon"
+                f"classes, got {n_pos} with an event by it and {n_neg} event-free at the horizon"
             )
         gen = seeded_generator(seed)
         cor_np, sag_np = mip_views(train_images)
