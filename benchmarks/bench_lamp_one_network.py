@@ -57,6 +57,22 @@ def _one_network_work(work: Path, out: Path, fold: int, cfg) -> None:
             os.symlink((src / f"fold_{fold}").resolve(), dst / f"fold_{k}")
 
 
+def print_report(work: Path, cohort: Path) -> None:
+    """Tables 2 and 1 of ``lamp evaluate`` (LAMP and the ceiling), then each variant's
+    share of the distance from 0.5 to the true risk's C-index."""
+    from lamp.evaluation.tables import TITLES, evaluate, to_markdown
+
+    res = evaluate(work, cohort, methods=["lamp", "true_risk"])
+    print(to_markdown(res.table2, TITLES["table2"], res.footnotes["table2"]))
+    print(to_markdown(res.table1, TITLES["table1"], res.footnotes["table1"]))
+    sm = res.summary[res.summary["metric"] == "c_index"]
+    true = sm[sm["method"] == "true_risk"].set_index("endpoint")["mean"]
+    for row in sm[sm["method"] != "true_risk"].itertuples():
+        share = (row.mean - 0.5) / (true[row.endpoint] - 0.5)
+        name = getattr(row, "label", row.method)
+        print(f"{name:<28} {row.endpoint}: C {row.mean:.3f}, (C-0.5)/(C_true-0.5) {share:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cohort", type=Path, required=True)
@@ -69,7 +85,6 @@ def main() -> None:
     ap.add_argument("--config", default="tiny", choices=sorted(SEG_CONFIGS))
     args = ap.parse_args()
 
-    from lamp.evaluation.tables import TITLES, evaluate, to_markdown
     from lamp.model.layers import VARIANTS
     from lamp.model.train import train_cv
     from lamp.segmentation.extract import extract_cohort_features
@@ -89,15 +104,7 @@ def main() -> None:
         workers=args.workers,
     )  # fmt: skip
     t_train = time.perf_counter() - t0
-    res = evaluate(out, args.cohort, methods=["lamp", "true_risk"])
-    print(to_markdown(res.table2, TITLES["table2"], res.footnotes["table2"]))
-    print(to_markdown(res.table1, TITLES["table1"], res.footnotes["table1"]))
-    sm = res.summary[res.summary["metric"] == "c_index"]
-    true = sm[sm["method"] == "true_risk"].set_index("endpoint")["mean"]
-    for row in sm[sm["method"] != "true_risk"].itertuples():
-        share = (row.mean - 0.5) / (true[row.endpoint] - 0.5)
-        name = getattr(row, "label", row.method)
-        print(f"{name:<28} {row.endpoint}: C {row.mean:.3f}, (C-0.5)/(C_true-0.5) {share:.2f}")
+    print_report(out, args.cohort)
     print(f"features pass {t_feat:.0f} s, prognosis grid {t_train:.0f} s")
 
 
