@@ -28,8 +28,8 @@ same statistics for both (so LACF's projections compare like with like):
 
 Then it cross-validates LAMP's four variants on the cohort's folds (``lamp train``,
 default `TrainConfig` unless ``--lr``) and evaluates them with the true-risk ceiling.
-``--drop`` leaves statistics out, to see what the model loses without them (a new
-``--out`` folder for each set: existing feature files are reused as they are).
+``--drop`` leaves statistics out, to see what the model loses without them (use a new
+``--out`` folder for each set; feature files of another set are rewritten).
 
 Only images and reference masks are read to build the features: no outcome, no
 ``truth.csv`` (the evaluation alone reads it, for the ceiling row). **Not the paper's
@@ -106,9 +106,8 @@ def write_case(cohort: Path, pid: str, dst: Path, keep: list[int]) -> int:
     groups = merge_to_groups(organs)
     ml = float(np.prod(voxel_spacing(aff))) / 1000.0
     ids = np.unique(lesions[lesions > 0]).astype(np.int64)
-    dense = np.zeros(lesions.shape, np.int64)
-    for k, lid in enumerate(ids, start=1):
-        dense[lesions == lid] = k
+    # instance ids -> 1..J in one pass (ids may have gaps)
+    dense = np.where(lesions > 0, np.searchsorted(ids, lesions) + 1, 0)
     les, _ = region_stats(dense, len(ids), pet, ct, groups > 0, ml)
     org, present = region_stats(groups, N_GROUPS, pet, ct, lesions > 0, ml)
     with atomic_output(dst / f"{pid}.npz") as tmp:
@@ -142,7 +141,16 @@ def main() -> None:
     feats.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pids = read_clinical(args.cohort / "clinical.csv")["patient_id"].tolist()
-    todo = [p for p in pids if not (feats / f"{p}.npz").is_file()]
+    names = list(np.array(STATS)[keep])
+
+    def done(pid: str) -> bool:  # a file of another --drop set is rewritten
+        path = feats / f"{pid}.npz"
+        if not path.is_file():
+            return False
+        with np.load(path) as f:
+            return list(f["stat_names"]) == names
+
+    todo = [p for p in pids if not done(p)]
     n = [write_case(args.cohort, p, feats, keep) for p in todo]
     t_feat = time.perf_counter() - t0
     print(f"{len(n)} feature files written ({sum(n)} lesions) in {t_feat:.0f} s")
