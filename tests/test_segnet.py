@@ -267,5 +267,5 @@ def test_train_fold_applies_the_schedule_and_resumes_from_the_latest_checkpoint(
     assert train_fold(tmp_path, cfg, 0) == out
     assert fake.trained and fake.loaded == str(out / "checkpoint_latest.pth")
     assert (fake.save_every, fake.num_epochs, fake.num_iterations_per_epoch) == (2, 30, 20)
-    assert fake.disable_mirroring and fake.hot_background_sampling
+    assert fake.disable_mirroring
     assert json.loads((out / "lamp_segment_config.json").read_text())["tile_step_size"] == 0.5

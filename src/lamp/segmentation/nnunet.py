@@ -64,10 +64,6 @@ class SegmentConfig:
     # from); None: nnU-Net's 50, more than the whole tiny schedule
     save_every: int | None = None
     mirroring: bool = True
-    # training patches also centred on FDG-avid non-lesion tissue (bladder, brain, heart):
-    # hard negatives the short CPU schedule would otherwise rarely see
-    # (lamp.segmentation.sampling); False keeps nnU-Net's own sampling
-    hot_background_sampling: bool = False
     patch_size: tuple[int, int, int] | None = None  # tiny configuration only
     features_per_stage: tuple[int, ...] | None = None
     batch_size: int | None = None
@@ -94,7 +90,6 @@ SEG_CONFIGS: dict[str, SegmentConfig] = {
         val_iterations_per_epoch=4,
         save_every=2,  # an epoch is 1.5-2 min on a 2-core CPU; a checkpoint is 39 MB
         mirroring=False,
-        hot_background_sampling=True,
         patch_size=(32, 32, 32),  # 48^3 costs 4x more per iteration on CPU
         features_per_stage=(32, 48, 64, 96),
         batch_size=2,
@@ -255,7 +250,6 @@ def train_fold(
         if cfg.save_every is not None:
             trainer.save_every = cfg.save_every
         trainer.disable_mirroring = not cfg.mirroring
-        trainer.hot_background_sampling = cfg.hot_background_sampling
         latest = out / "checkpoint_latest.pth"
         if latest.is_file():
             trainer.load_checkpoint(str(latest))

@@ -14,10 +14,8 @@ signature because nnU-Net records a trainer's arguments by name.
 
 Both accept, after construction and before ``run_training()``, the schedule that LAMP's
 configuration sets (``num_epochs``, ``num_iterations_per_epoch``,
-``num_val_iterations_per_epoch``, ``initial_lr``), ``disable_mirroring`` (no mirror
-augmentation and no test-time mirroring: the CPU configuration) and
-``hot_background_sampling`` (training patches also centred on FDG-avid non-lesion tissue:
-the CPU configuration, :mod:`lamp.segmentation.sampling`), as plain attributes.
+``num_val_iterations_per_epoch``, ``initial_lr``) and ``disable_mirroring`` (no mirror
+augmentation and no test-time mirroring: the CPU configuration), as plain attributes.
 """
 
 from __future__ import annotations
@@ -30,14 +28,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from lamp.segmentation.network import LampSegNet, MultiDecoderLoss
-from lamp.segmentation.sampling import with_hot_background
 
 __all__ = ["TRAINERS_DIR", "nnUNetTrainerLAMP", "nnUNetTrainerLAMPPlain", "build_lamp_network"]
 
 _CUDA = torch.device("cuda")  # nnU-Net's default device, kept in its signature
-
-#: Share of patches centred on lesion or hot background when hot-background sampling is on.
-HOT_FOREGROUND_PERCENT = 2.0 / 3.0
 
 #: The folder given to nnU-Net as ``nnUNet_extTrainer``.
 TRAINERS_DIR = Path(__file__).resolve().parent / "nnunet_trainers"
@@ -65,21 +59,9 @@ def build_lamp_network(
 
 
 class _LampSchedule:
-    """Mixin: the mirroring switch read by nnU-Net when it sets up augmentation, and the
-    hot-background sampling switch (:mod:`lamp.segmentation.sampling`)."""
+    """Mixin: the mirroring switch read by nnU-Net when it sets up augmentation."""
 
     disable_mirroring: bool = False
-    hot_background_sampling: bool = False
-
-    def get_tr_and_val_datasets(self):
-        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        if self.hot_background_sampling:
-            # a third lesion-centred, a third hot-background-centred, a third random
-            # patches in expectation (see lamp.segmentation.sampling)
-            self.probabilistic_oversampling = True
-            self.oversample_foreground_percent = HOT_FOREGROUND_PERCENT
-            dataset_tr = with_hot_background(dataset_tr)
-        return dataset_tr, dataset_val
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # noqa: N802
         rot, do_dummy_2d, patch, mirror_axes = (
