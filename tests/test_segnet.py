@@ -269,3 +269,69 @@ def test_train_fold_applies_the_schedule_and_resumes_from_the_latest_checkpoint(
     assert (fake.save_every, fake.num_epochs, fake.num_iterations_per_epoch) == (2, 30, 20)
     assert fake.disable_mirroring
     assert json.loads((out / "lamp_segment_config.json").read_text())["tile_step_size"] == 0.5
+
+
+def test_segment_cli_patch_size_option(tmp_path):
+    from lamp.segmentation import cli as seg_cli
+    from lamp.segmentation.nnunet import SegmentError
+
+    parser = argparse.ArgumentParser()
+    seg_cli.add_parser(parser.add_subparsers())
+    base = ["segment", "train", "--cohort", "c", "--work", "w"]
+    assert seg_cli._config(parser.parse_args(base)).patch_size == (32, 32, 32)
+    cfg = seg_cli._config(parser.parse_args([*base, "--patch-size", "48"]))
+    assert cfg.patch_size == (48, 48, 48) and cfg.num_epochs == 30
+    for bad in ("36", "8", "-16"):
+        with pytest.raises(SegmentError, match="--patch-size must be a multiple of 8"):
+            seg_cli._config(parser.parse_args([*base, "--patch-size", bad]))
+    with pytest.raises(SegmentError, match="--config tiny only"):
+        seg_cli._config(parser.parse_args([*base, "--config", "full", "--patch-size", "48"]))
+
+
+def test_train_fold_refuses_a_patch_size_other_than_the_trained_folds(tmp_path, monkeypatch):
+    """One model folder holds one plans.json for all its folds: a fold on another patch
+    size is refused with the file and the field named; the same size goes on."""
+    import nnunetv2.run.run_training as rt
+
+    from lamp.segmentation.nnunet import (
+        SEG_CONFIGS,
+        TINY_CONFIGURATION,
+        SegmentError,
+        _folders,
+        results_folder,
+        train_fold,
+    )
+
+    cfg = SEG_CONFIGS["tiny"]
+    pre = _folders(tmp_path)["preprocessed"] / "Dataset501_LAMPSynth"
+    pre.mkdir(parents=True)
+    (pre / "nnUNetPlans.json").write_text("{}")
+    model_dir = results_folder(tmp_path, cfg, plain=True)
+    (model_dir / "fold_0").mkdir(parents=True)
+    plans = {"configurations": {TINY_CONFIGURATION: {"patch_size": [32, 32, 32]}}}
+    (model_dir / "plans.json").write_text(json.dumps(plans))
+    out = model_dir / "fold_1"
+    out.mkdir()
+
+    class FakeTrainer:
+        output_folder = str(out)
+        trained = False
+
+        def run_training(self):
+            self.trained = True
+
+    fake = FakeTrainer()
+    monkeypatch.setattr(rt, "get_trainer_from_args", lambda *a, **k: fake)
+    big = dataclasses.replace(cfg, patch_size=(48, 48, 48))
+    # no fold trained yet: nothing to disagree with
+    assert train_fold(tmp_path, big, 1, plain=True) == out and fake.trained
+    fake.trained = False
+    (model_dir / "fold_0" / "checkpoint_final.pth").write_bytes(b"x")
+    field_named = r"plans\.json: configurations\.3d_lamp_tiny\.patch_size is \[32, 32, 32\]"
+    with pytest.raises(SegmentError, match=field_named):
+        train_fold(tmp_path, big, 1, plain=True)
+    assert not fake.trained
+    assert train_fold(tmp_path, cfg, 1, plain=True) == out and fake.trained
+    # the LAMP network's folder is another model folder: not affected
+    (results_folder(tmp_path, cfg, plain=False)).mkdir(parents=True)
+    assert train_fold(tmp_path, big, 1, plain=False) == out

@@ -220,6 +220,28 @@ def _device(device: str):
     return torch.device(device)
 
 
+def _check_same_patch(work: Path, cfg: SegmentConfig, plain: bool) -> None:
+    """Refuse to add a fold trained on another patch size to a model folder: nnU-Net keeps
+    one ``plans.json`` per model folder, and prediction would run every fold with it."""
+    if cfg.patch_size is None:
+        return
+    model_dir = results_folder(work, cfg, plain)
+    plans_path = model_dir / "plans.json"
+    if not plans_path.is_file() or not any(model_dir.glob("fold_*/checkpoint_*.pth")):
+        return
+    try:
+        conf = json.loads(plans_path.read_text())["configurations"][cfg.configuration]
+        trained = tuple(int(v) for v in conf["patch_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SegmentError(f"{plans_path}: unreadable nnU-Net plans ({exc})") from exc
+    if trained != tuple(cfg.patch_size):
+        raise SegmentError(
+            f"{plans_path}: configurations.{cfg.configuration}.patch_size is "
+            f"{list(trained)} (the folds already trained there) but this run asks for "
+            f"{list(cfg.patch_size)}; use the same --patch-size or another --work"
+        )
+
+
 def train_fold(
     work: Path, cfg: SegmentConfig, fold: int, plain: bool = False, device: str = "cpu"
 ) -> Path:
@@ -229,6 +251,7 @@ def train_fold(
 
     name = dataset_folder_name(cfg.dataset_id, cfg.dataset_name)
     dev = _device(device)
+    _check_same_patch(work, cfg, plain)
     with nnunet_env(work, cfg) as folders:
         pre = folders["preprocessed"] / name
         if not (pre / f"{PLANS}.json").is_file():
