@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                 metavar="N",
                 help="tiny only: train on N^3 patches (a multiple of 8; default 32). Larger "
                 "patches see more anatomy around a hot spot (fewer false positives in brain, "
-                "heart, bladder) at a cost of at least (N/32)^3 per iteration (48: 3.4x, 64: 12x "
+                "heart, bladder) at a cost of at least (N/32)^3 per iteration (48: 3.3x, 64: 12x "
                 "measured on a 2-core CPU)",
             )
         else:
