@@ -64,6 +64,14 @@ def test_loss_is_finite_at_saturated_hazards() -> None:
     loss = nll_survival_loss(logits, torch.tensor([0]), torch.tensor([1]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    # the event in bin 0 with h_0 = sigmoid(-50): -log h_0 = 50 exactly (a clamp at
+    # 1e-7 would give 16.1 and no gradient); d/dlogit_0 = -(1 - h_0) = -1
+    assert loss.item() == pytest.approx(50.0, rel=1e-6)
+    assert logits.grad[0, 0].item() == pytest.approx(-1.0, abs=1e-6)
+    # a censored patient past a saturated bin keeps its gradient too
+    logits = torch.tensor([[30.0, 0.0]], requires_grad=True)
+    nll_survival_loss(logits, torch.tensor([1]), torch.tensor([0])).backward()
+    assert logits.grad[0, 0].item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_bins_at_event_quantiles_ignore_censored() -> None:

@@ -22,6 +22,11 @@ Gigapixel Whole Slide Images", ICCV 2021 (MCAT), written here from its definitio
 An optional ``alpha`` re-weights the uncensored term as in MCAT's code,
 ``(1 - alpha) * (censored + uncensored) + alpha * uncensored``; the default 0 is the
 plain likelihood.
+
+The logarithms are taken in log space, ``log h = logsigmoid(logit)`` and
+``log S_k = Σ_{m<=k} logsigmoid(-logit_m)``, not as ``log(clamp(h, eps))`` as MCAT's code
+does: the values agree wherever h and S exceed that floor, and a saturated logit keeps
+its gradient instead of losing it to the clamp.
 """
 
 from __future__ import annotations
@@ -44,8 +49,6 @@ __all__ = [
     "nll_survival_loss",
 ]
 
-#: Floor inside the logarithms: a hazard of exactly 0 or 1 would give -inf.
-EPS = 1e-7
 
 
 class SurvivalDataError(LampError):
@@ -174,14 +177,14 @@ def nll_survival_loss(
             f"{int(bins.min())}..{int(bins.max())}"
         )
     event = events.to(logits.dtype).reshape(-1, 1)
-    hazards, survival = hazards_and_survival(logits)
-    # S padded with S_{-1} = 1 in front: s_pad[:, k] = S_{k-1}, s_pad[:, k+1] = S_k.
-    s_pad = torch.cat([torch.ones_like(survival[:, :1]), survival], dim=1)
-    s_before = torch.gather(s_pad, 1, bins).clamp_min(EPS)
-    s_after = torch.gather(s_pad, 1, bins + 1).clamp_min(EPS)
-    h_at = torch.gather(hazards, 1, bins).clamp_min(EPS)
-    uncensored = -event * (torch.log(s_before) + torch.log(h_at))
-    censored = -(1.0 - event) * torch.log(s_after)
+    log_h = torch.nn.functional.logsigmoid(logits)
+    log_s = torch.cumsum(torch.nn.functional.logsigmoid(-logits), dim=1)
+    # log S padded with log S_{-1} = 0 in front: [:, k] = log S_{k-1}, [:, k+1] = log S_k.
+    log_s_pad = torch.cat([torch.zeros_like(log_s[:, :1]), log_s], dim=1)
+    log_s_before = torch.gather(log_s_pad, 1, bins)
+    log_s_after = torch.gather(log_s_pad, 1, bins + 1)
+    uncensored = -event * (log_s_before + torch.gather(log_h, 1, bins))
+    censored = -(1.0 - event) * log_s_after
     per_patient = ((1.0 - alpha) * (censored + uncensored) + alpha * uncensored).squeeze(1)
     if reduction == "none":
         return per_patient
