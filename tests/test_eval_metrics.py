@@ -71,6 +71,31 @@ def test_time_auc_matches_sksurv_with_training_weights() -> None:
     assert np.all(ours > 0.6)
 
 
+def test_time_auc_with_a_test_event_beyond_the_training_follow_up() -> None:
+    # Training follow-up ends at 40 months; a held-out patient has an event at 45. It is
+    # a control at 12 months and its weight does not enter the AUC there, so the AUC at 12
+    # is defined (scikit-survival alone fails: it weighs every test event time).
+    rng = np.random.default_rng(0)
+    train_t, train_e = rng.uniform(1.0, 40.0, 50), rng.random(50) < 0.6
+    t = np.array([3.0, 5.0, 8.0, 15.0, 20.0, 30.0, 45.0])
+    e = np.array([1, 1, 0, 1, 0, 1, 1], bool)
+    risk = np.array([7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    from sksurv.util import Surv
+
+    with pytest.raises(ValueError):
+        cumulative_dynamic_auc(
+            Surv.from_arrays(train_e, train_t), Surv.from_arrays(e, t), risk, [12]
+        )
+    # cases (events by 12): risks 7, 6; controls (beyond 12): 4, 3, 2, 1: all ranked right
+    assert time_dependent_auc(train_e, train_t, e, t, risk, [12.0])[0] == pytest.approx(1.0)
+    # the same value as scikit-survival's once the late event is censored
+    e_cut = e & (t <= 12.0)
+    ref = cumulative_dynamic_auc(
+        Surv.from_arrays(train_e, train_t), Surv.from_arrays(e_cut, t), risk, [12]
+    )[0]
+    assert time_dependent_auc(train_e, train_t, e, t, risk, [12.0]) == pytest.approx(ref)
+
+
 def test_time_auc_hand_case_without_censoring() -> None:
     # No censoring: weights are uniform, AUC(t) = share of (case, control) pairs ranked right.
     times = np.array([1.0, 2.0, 3.0, 4.0, 5.0])

@@ -167,11 +167,19 @@ def time_dependent_auc(
                 f"time_dependent_auc: at {t:g} months expected at least one case (event by "
                 f"then) and one control (event-free after), got {cases} and {controls}"
             )
-    try:
-        auc, _ = cumulative_dynamic_auc(y_train, y_test, r, tp)
-    except ValueError as exc:
-        raise MetricError(f"time_dependent_auc: {exc}") from exc
-    return np.asarray(auc, dtype=np.float64)
+    auc = np.empty(tp.size, dtype=np.float64)
+    for i, t in enumerate(tp):
+        # One time point at a time, with the test events after t marked censored: they
+        # are controls at t either way and their weights do not enter the AUC at t, but
+        # scikit-survival evaluates the censoring weight at every test event time, and
+        # an event later than the training follow-up would otherwise fail the fold.
+        y_t = y_test.copy()
+        y_t["event"] = e_test & (t_test <= t)
+        try:
+            auc[i] = cumulative_dynamic_auc(y_train, y_t, r, [t])[0][0]
+        except ValueError as exc:
+            raise MetricError(f"time_dependent_auc: at {t:g} months: {exc}") from exc
+    return auc
 
 
 def format_table(
