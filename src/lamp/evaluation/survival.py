@@ -15,9 +15,12 @@ a training patient's in-sample risk under fold k's model is not stored. So
                   (same endpoint, method and seed),
 
 i.e. the training patients' risks as scored by the models that held them out. It uses no
-outcome and no risk of fold k's own patients, so the grouping of fold k stays blind to
-fold k; it is an approximation of the training-fold median because those risks come from
-four other fold models (whose scales may differ slightly from fold k's model). When the
+risk of fold k's own patients, but it is not wholly blind to fold k: those four other
+fold models were trained on folds that include fold k, outcomes and all, so fold k's
+outcomes reach its threshold through them (weakly: one median of a score). For methods
+that fit nothing (IPI, Ann Arbor, a computed stage) the two rules coincide. It is also an
+approximation because those risks come from four other fold models (whose scales may
+differ from fold k's model). When the
 in-sample training risks *are* available (a frame like the oof file, one row per
 training patient of each fold, scored by that fold's model), pass them as
 ``train_risk`` and the exact rule is used. Each result says which rule made it.
