@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 
-
 class SurvivalDataError(LampError):
     """Survival times or events that cannot define bins or a loss."""
 
