@@ -67,6 +67,8 @@ def test_demo_runs_every_stage_on_a_tiny_cohort(tmp_path):
     assert len(metrics) == 10
     assert len(list((work / "segmentation" / "lamp" / "instances").glob("*.nii.gz"))) == 10
     assert len(list((work / "features").glob("*.npz"))) == 10
+    # each fold network also pooled the 8 patients it trained on (lamp train needs them)
+    assert len(list((work / "features").glob("fold_*/*.npz"))) == 5 * 8
     oof = pd.read_csv(work / "prognosis" / "oof_risk.csv")
     assert set(oof["variant"]) == {"baseline", "abmla", "lacf", "full"}
     assert set(oof["endpoint"]) == {"pfs", "os"}

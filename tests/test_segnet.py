@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -192,20 +193,37 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
     from lamp.segmentation.extract import extract_cohort_features
     from lamp.segmentation.instances import lesion_instances
 
+    inst_dir = work / "segmentation" / "lamp" / "instances"
     inst = lesion_instances(np.asarray(pred.dataobj) > 0, 1.728)
-    save_nifti(
-        work / "segmentation" / "lamp" / "instances" / preds[0], inst, pred.affine, np.uint16
-    )
+    save_nifti(inst_dir / preds[0], inst, pred.affine, np.uint16)
+    # only fold 0 is trained here: the other patients' "out-of-fold" instances stand in
+    # from their reference masks, so that fold 0's network can pool its training patients
+    others = sorted(p.name for p in (cohort / "cases").iterdir() if p.name != pid)
+    for other in others:
+        ref_img = nib.load(str(cohort / "cases" / other / "lesions.nii.gz"))
+        ref_inst = lesion_instances(np.asarray(ref_img.dataobj) > 0, 1.728)
+        save_nifti(inst_dir / f"{other}.nii.gz", ref_inst, ref_img.affine, np.uint16)
     for reference in (False, True):
         step = 1.0 if reference else 0.5  # the step reaches the sliding window
         run_cfg = dataclasses.replace(cfg, tile_step_size=step)
         out = extract_cohort_features(cohort, work, run_cfg, reference=reference, folds=[0])
         feats = load_case_features(out / f"{pid}.npz")
         assert feats.meta["step_size"] == step
+        assert feats.meta["network"]["fold"] == 0  # out of fold: its fold's network
         assert feats.lesion_features.shape == (len(feats.lesion_ids), 128)
         assert feats.organ_features.shape == (71, 128) and feats.organ_present.sum() > 20
         assert np.isfinite(feats.organ_features).all()
         assert (out / "lesions.csv").is_file()
+        # fold 0's network also pooled the patients it trained on, into fold_0/ only
+        assert sorted(p.name for p in (out / "fold_0").glob("*.npz")) == [
+            f"{o}.npz" for o in others
+        ]
+        assert not [o for o in others if (out / f"{o}.npz").is_file()]
+        assert (
+            load_case_features(out / "fold_0" / f"{others[0]}.npz").meta["network"]
+            == (feats.meta["network"])
+        )
+        assert set(pd.read_csv(out / "lesions.csv")["patient_id"]) <= {pid}
     ref = load_case_features(work / "features_reference" / f"{pid}.npz")
     assert len(ref.lesion_ids) >= 1
     # metrics need every patient predicted: only fold 0 was, so it says which is missing

@@ -1420,6 +1420,7 @@ def extract_case_features(
     progress: bool = False,
     target_spacing: Sequence[float] | None = None,
     spacing_rtol: float = _SPACING_RTOL,
+    network: Mapping[str, Any] | None = None,
 ) -> CaseFeatures:
     """Lesion and organ features of one patient (paper Eq. 1-2), written atomically.
 
@@ -1482,6 +1483,10 @@ def extract_case_features(
         Relative difference of spacing up to which the PET grid is used as it is: the
         pooling grid is then the PET grid either way, and the network sees voxels at most
         1 % off its own (nnU-Net trains with scale augmentation of 0.7-1.4).
+    network : mapping, optional
+        Which trained network ``model_fn`` is (e.g. ``{"fold": 2, "model_dir": ...}``),
+        stored as ``meta["network"]``: features of different networks lie in different
+        spaces, and `lamp.model.train.train_cv` checks that each fold model sees one.
 
     Returns
     -------
@@ -1641,6 +1646,10 @@ def extract_case_features(
         "network_grid_shape": [int(n) for n in net_shape],
         "network_grid_spacing_mm": voxel_spacing(net_aff).tolist(),
     }
+    if network is not None:
+        # which trained network made the features (lamp.segmentation.extract: its fold);
+        # features of different networks live in different spaces (lamp.model.train)
+        meta["network"] = dict(network)
     if to_target:
         meta["resampling"] = {
             "image": f"spline order {_IMAGE_ORDER} after normalisation (nnU-Net's data order)",

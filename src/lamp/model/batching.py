@@ -20,6 +20,7 @@ the accumulated batch-1 losses (shown in ``tests/test_model_batching.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ class PatientFeatures:
     organ_features: NDArray[np.float32]
     organ_present: NDArray[np.bool_]
     lesion_ids: NDArray[np.int64]
+    # the fold of the segmentation network that made the features (the file's
+    # meta["network"]["fold"]); None for features that depend on no trained network
+    network_fold: int | None = None
 
     @property
     def n_lesions(self) -> int:
@@ -121,6 +125,7 @@ def load_features(path: str | Path, patient_id: str | None = None) -> PatientFea
                     f"{source}: expected keys {list(FEATURE_KEYS)}, missing {missing}"
                 )
             arrays = {k: np.asarray(data[k]) for k in FEATURE_KEYS}
+            meta_text = str(data["meta"]) if "meta" in data.files else "{}"
     except (OSError, ValueError) as exc:
         if isinstance(exc, FeatureFileError):
             raise
@@ -152,6 +157,11 @@ def load_features(path: str | Path, patient_id: str | None = None) -> PatientFea
         )
     if not np.all(np.isfinite(lesions)) or not np.all(np.isfinite(organs[present.astype(bool)])):
         raise FeatureFileError(f"{source}: expected finite lesion and present-organ features")
+    try:
+        network = json.loads(meta_text).get("network") or {}
+        network_fold = None if network.get("fold") is None else int(network["fold"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise FeatureFileError(f"{source}: meta: expected a JSON object, got {exc}") from exc
     return PatientFeatures(
         patient_id=patient_id if patient_id is not None else path.stem,
         lesion_features=lesions.astype(np.float32),
@@ -159,6 +169,7 @@ def load_features(path: str | Path, patient_id: str | None = None) -> PatientFea
         organ_features=np.where(present[:, None].astype(bool), organs, 0.0).astype(np.float32),
         organ_present=present.astype(bool),
         lesion_ids=ids.astype(np.int64),
+        network_fold=network_fold,
     )
 
 

@@ -5,6 +5,14 @@ Protocol
 * One split for everything: the cohort's ``folds.csv`` (the folds of the segmentation).
   For fold k the network trains on the other folds and predicts fold k, so every
   out-of-fold risk comes from a model that never saw that patient.
+* One feature space per fold. Features made by a trained segmentation network
+  (``meta["network"]`` in the files of `lamp features`) lie in that network's space; the
+  five fold networks are trained separately and their decoder channels do not
+  correspond. Fold k therefore trains on fold k's network's features of the training
+  patients (``WORK/features/fold_<k>/<id>.npz``) and scores the held-out patients with
+  the same network's out-of-fold features (``WORK/features/<id>.npz``); mixing networks
+  is refused (`fold_feature_paths`). Features that name no network (hand-crafted, or one
+  network for every patient) are one space and serve every fold.
 * Patients without outcome data are excluded from training and evaluation (their scans
   still serve segmentation); their number and ids are in the results and the JSON.
 * Within a training fold only: feature standardisation (`Standardizer`), the time bins
@@ -81,6 +89,7 @@ __all__ = [
     "fit_model",
     "predict",
     "train_cv",
+    "fold_feature_paths",
     "load_checkpoint",
     "predict_patient",
 ]
@@ -570,18 +579,88 @@ class _Task:
     checkpoint: str
 
 
-_WORKER_FEATURES: dict[str, PatientFeatures] = {}
+_WORKER_FEATURES: dict[int, dict[str, PatientFeatures]] = {}
 
 
-def _init_worker(paths: dict[str, str], threads: int) -> None:
+def fold_feature_paths(work: Path, table: pd.DataFrame) -> dict[int, dict[str, str]]:
+    """The feature file of every patient of ``table`` (patient_id, fold) for each fold's
+    model: ``{fold k: {patient_id: path}}`` (module doc, "One feature space per fold").
+
+    Raises
+    ------
+    FeatureFileError
+        A missing file; an out-of-fold file made by another fold's network than the
+        patient's; a training patient's file missing under ``fold_<k>/`` or made by
+        another network than fold k's.
+    """
+    base = Path(work) / "features"
+    pids = table["patient_id"].tolist()
+    fold_of = {p: int(k) for p, k in zip(table["patient_id"], table["fold"], strict=True)}
+    folds = sorted(set(fold_of.values()))
+    missing = [p for p in pids if not (base / f"{p}.npz").is_file()]
+    if missing:
+        raise FeatureFileError(
+            f"{base}: expected a feature file for every patient with outcome data, "
+            f"missing {len(missing)}: {missing[:10]}"
+        )
+    nets = {p: load_features(base / f"{p}.npz", p).network_fold for p in pids}
+    if all(v is None for v in nets.values()):
+        return {k: {p: str(base / f"{p}.npz") for p in pids} for k in folds}
+    wrong = [p for p in pids if nets[p] != fold_of[p]]
+    if wrong:
+        p = wrong[0]
+        raise FeatureFileError(
+            f"{base / f'{p}.npz'}: meta.network.fold: expected {fold_of[p]}, the fold of "
+            f"patient {p} in folds.csv (out-of-fold features, as lamp features writes "
+            f"them), got {nets[p]}; {len(wrong)} such file(s)"
+        )
+    paths = {
+        k: {p: str(base / (f"{p}.npz" if fold_of[p] == k else f"fold_{k}/{p}.npz")) for p in pids}
+        for k in folds
+    }
+    absent = [q for k in folds for q in paths[k].values() if not Path(q).is_file()]
+    if absent:
+        raise FeatureFileError(
+            f"{absent[0]}: missing ({len(absent)} such file(s)); these features were made "
+            "by trained segmentation networks, so each prognosis fold k needs fold k's "
+            "network's features of its training patients under features/fold_<k>/ "
+            "(lamp features writes them; --out-of-fold-only does not)"
+        )
+    return paths
+
+
+def _load_fold_features(
+    paths: dict[int, dict[str, str]],
+) -> dict[int, dict[str, PatientFeatures]]:
+    """Load the files of `fold_feature_paths` (each once) and check their network."""
+    cache: dict[str, PatientFeatures] = {}
+    out: dict[int, dict[str, PatientFeatures]] = {}
+    for k, by_patient in paths.items():
+        out[k] = {}
+        for p, path in by_patient.items():
+            if path not in cache:
+                cache[path] = load_features(path, p)
+            feat = cache[path]
+            if feat.network_fold is not None and feat.network_fold != k:
+                raise FeatureFileError(
+                    f"{path}: meta.network.fold: expected {k} (features for fold {k}'s "
+                    f"model), got {feat.network_fold}"
+                )
+            out[k][p] = feat
+    return out
+
+
+def _init_worker(paths: dict[int, dict[str, str]], threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER_FEATURES.clear()
-    _WORKER_FEATURES.update({p: load_features(path, p) for p, path in paths.items()})
+    _WORKER_FEATURES.update(_load_fold_features(paths))
 
 
-def _run_task(task: _Task, features: dict[str, PatientFeatures] | None = None) -> dict[str, Any]:
+def _run_task(
+    task: _Task, features: dict[int, dict[str, PatientFeatures]] | None = None
+) -> dict[str, Any]:
     """Fit, predict the held-out fold and save the checkpoint of one grid cell."""
-    features = _WORKER_FEATURES if features is None else features
+    features = (_WORKER_FEATURES if features is None else features)[task.fold]
     fitted = fit_model(
         [features[p] for p in task.train_ids],
         np.array(task.train_times),
@@ -612,8 +691,8 @@ def _run_task(task: _Task, features: dict[str, PatientFeatures] | None = None) -
 
 def _run_tasks(
     tasks: list[_Task],
-    features: dict[str, PatientFeatures],
-    paths: dict[str, str],
+    features: dict[int, dict[str, PatientFeatures]],
+    paths: dict[int, dict[str, str]],
     workers: int,
 ) -> Iterator[dict[str, Any]]:
     """The results of ``tasks`` in order, fitted here or in ``workers`` processes.
@@ -696,14 +775,8 @@ def train_cv(
     with_outcome = has_outcome(clinical)
     excluded = clinical.loc[~with_outcome, "patient_id"].tolist()
     table = clinical[with_outcome].merge(folds, on="patient_id", how="left")
-    missing = [p for p in table["patient_id"] if not (work / "features" / f"{p}.npz").is_file()]
-    if missing:
-        raise FeatureFileError(
-            f"{work / 'features'}: expected a feature file for every patient with outcome data, "
-            f"missing {len(missing)}: {missing[:10]}"
-        )
-    paths = {p: str(work / "features" / f"{p}.npz") for p in table["patient_id"]}
-    features = {p: load_features(paths[p], p) for p in table["patient_id"]}
+    paths = fold_feature_paths(work, table)
+    features = _load_fold_features(paths)
     write_text_atomic(
         out / "config.json",
         json.dumps(
@@ -820,6 +893,29 @@ def _attention_rows(
     return rows
 
 
+def _fold_of_checkpoint(path: Path) -> int:
+    return int(path.stem.split("_fold")[-1])
+
+
+def _features_for_fold(path: Path, fold: int) -> PatientFeatures:
+    """``path``'s features as fold ``fold``'s model needs them (`predict_patient`)."""
+    feat = load_features(path)
+    if feat.network_fold is None or feat.network_fold == fold:
+        return feat
+    in_fold_dir = path.parent.name.startswith("fold_") and path.parent.name[5:].isdigit()
+    root = path.parent.parent if in_fold_dir else path.parent
+    for cand in (root / f"fold_{fold}" / path.name, root / path.name):
+        if cand != path and cand.is_file():
+            other = load_features(cand, feat.patient_id)
+            if other.network_fold == fold:
+                return other
+    raise FeatureFileError(
+        f"{path}: made by fold {feat.network_fold}'s segmentation network, but the model "
+        f"of fold {fold} was trained on fold {fold}'s network's features; expected them in "
+        f"{root / f'fold_{fold}' / path.name} (lamp features writes them)"
+    )
+
+
 def predict_patient(
     work: str | Path,
     features_npz: str | Path,
@@ -834,7 +930,11 @@ def predict_patient(
     work : str or Path
         Work folder holding ``prognosis/checkpoints/`` from `train_cv`.
     features_npz : str or Path
-        The patient's feature file.
+        The patient's feature file. If it names the segmentation network that made it
+        (``meta["network"]``, as `lamp features` writes), the model of fold k gets the
+        features of fold k's network: this file where it is fold k's, else
+        ``fold_<k>/<name>`` beside it (or beside its folder when it lies in a
+        ``fold_<n>/`` folder).
     endpoint, variant : str
     seed : int, optional
         Which run's fold models; default the smallest seed trained.
@@ -858,9 +958,17 @@ def predict_patient(
     paths = [p for p in paths if p.stem.startswith(f"seed{seed}_")]
     if not paths:
         raise LampError(f"{folder}: no checkpoints for seed {seed}; found seeds {seeds_found}")
-    feat = load_features(features_npz)
+    feats = [_features_for_fold(Path(features_npz), _fold_of_checkpoint(p)) for p in paths]
+    feat = feats[0]
+    for f, p in zip(feats, paths, strict=True):
+        if not np.array_equal(f.lesion_ids, feat.lesion_ids):
+            raise FeatureFileError(
+                f"{features_npz}: the feature files of the fold networks list different "
+                f"lesions (for {p.name}: {f.lesion_ids.tolist()[:10]} against "
+                f"{feat.lesion_ids.tolist()[:10]}); extract them over the same instances"
+            )
     models = [load_checkpoint(p)[0] for p in paths]
-    preds = [predict(m, [feat])[0] for m in models]
+    preds = [predict(m, [f])[0] for m, f in zip(models, feats, strict=True)]
     risks = np.array([p["risk"] for p in preds])
     finite = sorted({float(e) for m in models for e in m.bin_edges[1:-1]})
     grid = np.array([0.0, *finite])

@@ -66,15 +66,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     f = subparsers.add_parser(
         "features",
-        help="pool per-lesion and per-organ features from the trained network",
-        description="One sliding-window pass per patient with the LAMP network of the fold "
-        "that held it out; 128-d features pooled (streaming) over each lesion instance and "
-        "each of the 71 organ groups -> WORK/features/<id>.npz and WORK/features/lesions.csv "
-        "(--reference: over the reference lesion masks -> WORK/features_reference/).",
+        help="pool per-lesion and per-organ features from the trained networks",
+        description="One sliding-window pass per patient and fold network; 128-d features "
+        "pooled (streaming) over each lesion instance and each of the 71 organ groups. "
+        "WORK/features/<id>.npz: by the network of the fold that held the patient out; "
+        "WORK/features/fold_<k>/<id>.npz: by fold k's network for the patients it trained "
+        "on (prognosis fold k trains on these, in the same feature space as its held-out "
+        "patients); WORK/features/lesions.csv. --reference: over the reference lesion "
+        "masks -> WORK/features_reference/. --out-of-fold-only: only the <id>.npz files "
+        "(one pass per patient; enough for reports, not for lamp train).",
     )
     f.add_argument("--cohort", required=True, type=Path)
     f.add_argument("--work", required=True, type=Path)
     f.add_argument("--reference", action="store_true", help="pool over the reference masks")
+    f.add_argument(
+        "--out-of-fold-only",
+        action="store_true",
+        help="skip the passes of each fold network over its own training patients",
+    )
     f.add_argument("--config", default="tiny", choices=("tiny", "full"))
     f.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     _step_argument(f)
@@ -150,7 +159,12 @@ def _run(args: argparse.Namespace) -> int:
         from lamp.segmentation.extract import extract_cohort_features
 
         out = extract_cohort_features(
-            args.cohort, args.work, cfg, reference=args.reference, device=args.device
+            args.cohort,
+            args.work,
+            cfg,
+            reference=args.reference,
+            device=args.device,
+            training_patients=not args.out_of_fold_only,
         )
         print(f"features written to {out}")
         return 0

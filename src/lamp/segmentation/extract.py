@@ -1,13 +1,26 @@
-"""``lamp features``: per-patient lesion and organ features from the trained network.
+"""``lamp features``: per-patient lesion and organ features from the trained networks.
 
-For every patient, the LAMP network of the fold that held the patient out runs one
-sliding-window pass over the whole scan (nnU-Net's tiling and Gaussian weighting) and
-the 128-d decoder features are pooled, streaming, over each lesion instance and each of
-the 71 organ groups (paper Eq. 1-2; :mod:`lamp.features`)::
+The segmentation network of fold k runs one sliding-window pass over a patient's whole
+scan (nnU-Net's tiling and Gaussian weighting) and its 128-d decoder features are pooled,
+streaming, over each lesion instance and each of the 71 organ groups (paper Eq. 1-2;
+:mod:`lamp.features`). Every fold's network does this for **every** patient::
 
-    WORK/features/<patient_id>.npz            predicted lesions (WORK/segmentation/lamp/instances)
+    WORK/features/<patient_id>.npz            by the network of the patient's own fold (the
+                                              one that did not train on it): out of fold
+    WORK/features/fold_<k>/<patient_id>.npz   by fold k's network, for the patients it
+                                              trained on (the other folds)
     WORK/features/lesions.csv                 the lesion table of every patient
     WORK/features_reference/...               the same for the reference ("manual") masks
+
+Why both: the five networks are trained separately, so their decoder channels do not
+correspond and each spans its own feature space. Prognosis fold k (the same split, paper
+§3) must train and test in one space: its model learns from network k's features of the
+training folds (``fold_<k>/``) and scores the held-out fold with network k's out-of-fold
+features (``<patient_id>.npz``); no outcome is involved in either, and no network has
+seen a held-out patient (`lamp.model.train.train_cv`). The lesion regions are the
+patient's out-of-fold predicted instances in every file, so training and held-out
+lesions come from segmentations of the same quality. Each file's ``meta["network"]``
+names its network. Cost: five passes per patient instead of one.
 
 The network sees what nnU-Net's preprocessing would give it: CT resampled onto the PET
 grid, clipped to the 0.5-99.5 foreground percentiles and z-scored with the dataset's
@@ -59,10 +72,16 @@ def extract_cohort_features(
     reference: bool = False,
     device: str = "cpu",
     folds: list[int] | None = None,
+    training_patients: bool = True,
     progress=None,
 ) -> Path:
-    """Write ``<patient_id>.npz`` for every patient (finished ones are skipped) and the
-    cohort's ``lesions.csv``; returns the features folder."""
+    """Write the features of every patient by the network of each fold in ``folds``
+    (default all; finished files are skipped) and the cohort's ``lesions.csv``; returns
+    the features folder.
+
+    With ``training_patients=False`` only the out-of-fold files ``<patient_id>.npz`` are
+    written (enough for reports and inspection, not for `train_cv` with these networks).
+    """
     import torch
 
     from lamp.features import ChannelNormalization, extract_case_features, load_case_features
@@ -77,13 +96,21 @@ def extract_cohort_features(
     model_dir = results_folder(work, cfg, plain=False)
     inst_dir = work / "segmentation" / "lamp" / "instances"
     todo_folds = sorted(fold_table["fold"].unique()) if folds is None else folds
-    total = int(fold_table["fold"].isin(todo_folds).sum())
+    jobs: dict[int, list[tuple[str, Path]]] = {}
+    for k in todo_folds:
+        in_fold = fold_table["fold"] == k
+        jobs[k] = [(p, out_dir / f"{p}.npz") for p in fold_table.loc[in_fold, "patient_id"]]
+        if training_patients:
+            jobs[k] += [
+                (p, out_dir / f"fold_{k}" / f"{p}.npz")
+                for p in fold_table.loc[~in_fold, "patient_id"]
+            ]
+    total = sum(len(v) for v in jobs.values())
     done = 0
     with nnunet_env(work, cfg):
         for k in todo_folds:
-            pids = fold_table.loc[fold_table["fold"] == k, "patient_id"].tolist()
-            todo = [p for p in pids if not (out_dir / f"{p}.npz").is_file()]
-            done += len(pids) - len(todo)
+            todo = [(p, path) for p, path in jobs[k] if not path.is_file()]
+            done += len(jobs[k]) - len(todo)
             if not todo:
                 continue
             ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
@@ -112,7 +139,8 @@ def extract_cohort_features(
                 prob, feats = net.forward_features(x.permute(0, 1, 4, 3, 2).contiguous())
                 return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
 
-            for pid in todo:
+            network = {"fold": int(k), "model_dir": str(model_dir)}
+            for pid, path in todo:
                 lesions = (
                     case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
                 )
@@ -129,10 +157,11 @@ def extract_cohort_features(
                     organ_labels=organs if organs.is_file() else None,
                     patch_size=patch,
                     normalization=norm,
-                    out_path=out_dir / f"{pid}.npz",
+                    out_path=path,
                     device=dev,
                     target_spacing=spacing,
                     step_size=cfg.tile_step_size,
+                    network=network,
                 )
                 done += 1
                 if progress:
