@@ -57,8 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                 metavar="N",
                 help="tiny only: train on N^3 patches (a multiple of 8; default 32). Larger "
                 "patches see more anatomy around a hot spot (fewer false positives in brain, "
-                "heart, bladder) at a cost of at least (N/32)^3 per iteration (48: 3.3x, 64: 12x "
-                "measured on a 2-core CPU)",
+                "heart, bladder) at a cost of about (N/32)^3 per iteration or more (median "
+                "epochs on a 2-core CPU against 32: plain network 48: 3.3x, 64: 12x; LAMP's "
+                "48: 3.8x)",
             )
         else:
             _step_argument(s)
