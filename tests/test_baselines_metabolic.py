@@ -88,6 +88,28 @@ def test_phantom_parameters_by_hand(tmp_path):
     assert len(on_disk) == 5 and on_disk.loc[0, "n_lesions"] == 3
 
 
+def test_lesion_table_cache_follows_a_changed_pet(tmp_path):
+    import os
+
+    from lamp.baselines.lesions import cohort_lesion_tables
+
+    cohort, work = write_phantom_cohort(tmp_path)
+    first = cohort_lesion_tables(cohort, work, "manual")
+    assert first["suvmax"].max() == pytest.approx(10.0)
+    cache = work / "baselines" / "lesions_manual.csv"
+    old = cache.stat().st_mtime_ns - 10**9
+    for f in cache.parent.glob("lesions_manual.*"):
+        os.utime(f, ns=(old, old))
+    for f in (cohort / "cases").glob("*/lesions.nii.gz"):  # masks older than the cache
+        os.utime(f, ns=(old - 10**10, old - 10**10))
+    # the masks are unchanged but the PET is rewritten (e.g. re-ingested with another
+    # SUV normalisation): the table must follow it, not reuse the cached SUVs
+    pet, _ = phantom()
+    save_nifti(cohort / "cases" / "P000" / "pet.nii.gz", 2.0 * pet, AFFINE)
+    again = cohort_lesion_tables(cohort, work, "manual")
+    assert again["suvmax"].max() == pytest.approx(20.0)
+
+
 def test_without_height_and_weight_sdmax_is_left_out(tmp_path):
     cohort, work = write_phantom_cohort(tmp_path, with_body=False)
     params, notes = cohort_metabolic_parameters(cohort, work, "manual")

@@ -108,11 +108,20 @@ def cohort_lesion_tables(
         done_file = cache.with_suffix(".patients")
         if done_file.is_file():
             stamp = cache.stat().st_mtime
+            # a patient's rows are reused only while its mask, PET and organ map (what
+            # its table is computed from) are older than the cache
             done = {
                 p
                 for p in done_file.read_text().split()
                 if mask_path(cohort, work, p, masks).is_file()
-                and mask_path(cohort, work, p, masks).stat().st_mtime <= stamp
+                and all(
+                    not f.is_file() or f.stat().st_mtime <= stamp
+                    for f in (
+                        mask_path(cohort, work, p, masks),
+                        case_path(cohort, p, "pet"),
+                        case_path(cohort, p, "organs"),
+                    )
+                )
             }
     parts = [cached[cached["patient_id"].isin(done)]]
     todo = [p for p in patient_ids if p not in done]
