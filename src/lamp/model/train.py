@@ -593,6 +593,13 @@ def fold_feature_paths(work: Path, table: pd.DataFrame) -> dict[int, dict[str, s
         patient's; a training patient's file missing under ``fold_<k>/`` or made by
         another network than fold k's.
     """
+    return _fold_features(work, table)[0]
+
+
+def _fold_features(
+    work: Path, table: pd.DataFrame
+) -> tuple[dict[int, dict[str, str]], dict[str, PatientFeatures]]:
+    """`fold_feature_paths` and the out-of-fold files it read (by path), to reuse."""
     base = Path(work) / "features"
     pids = table["patient_id"].tolist()
     fold_of = {p: int(k) for p, k in zip(table["patient_id"], table["fold"], strict=True)}
@@ -603,9 +610,10 @@ def fold_feature_paths(work: Path, table: pd.DataFrame) -> dict[int, dict[str, s
             f"{base}: expected a feature file for every patient with outcome data, "
             f"missing {len(missing)}: {missing[:10]}"
         )
-    nets = {p: load_features(base / f"{p}.npz", p).network_fold for p in pids}
+    read = {str(base / f"{p}.npz"): load_features(base / f"{p}.npz", p) for p in pids}
+    nets = {p: read[str(base / f"{p}.npz")].network_fold for p in pids}
     if all(v is None for v in nets.values()):
-        return {k: {p: str(base / f"{p}.npz") for p in pids} for k in folds}
+        return {k: {p: str(base / f"{p}.npz") for p in pids} for k in folds}, read
     wrong = [p for p in pids if nets[p] != fold_of[p]]
     if wrong:
         p = wrong[0]
@@ -626,14 +634,16 @@ def fold_feature_paths(work: Path, table: pd.DataFrame) -> dict[int, dict[str, s
             "network's features of its training patients under features/fold_<k>/ "
             "(lamp features writes them; --out-of-fold-only does not)"
         )
-    return paths
+    return paths, read
 
 
 def _load_fold_features(
     paths: dict[int, dict[str, str]],
+    read: dict[str, PatientFeatures] | None = None,
 ) -> dict[int, dict[str, PatientFeatures]]:
-    """Load the files of `fold_feature_paths` (each once) and check their network."""
-    cache: dict[str, PatientFeatures] = {}
+    """Load the files of `fold_feature_paths` (each once; ``read``: those already read,
+    by path) and check their network."""
+    cache: dict[str, PatientFeatures] = dict(read or {})
     out: dict[int, dict[str, PatientFeatures]] = {}
     for k, by_patient in paths.items():
         out[k] = {}
@@ -775,8 +785,8 @@ def train_cv(
     with_outcome = has_outcome(clinical)
     excluded = clinical.loc[~with_outcome, "patient_id"].tolist()
     table = clinical[with_outcome].merge(folds, on="patient_id", how="left")
-    paths = fold_feature_paths(work, table)
-    features = _load_fold_features(paths)
+    paths, read = _fold_features(work, table)
+    features = _load_fold_features(paths, read)
     write_text_atomic(
         out / "config.json",
         json.dumps(
