@@ -10,11 +10,18 @@ A row of Table 1 must differ from another only by the method (paper §3, DESIGN.
 * one output format, ``WORK/baselines/<method>/oof_risk.csv`` with the columns
   `OOF_COLUMNS` (higher risk = worse prognosis), written atomically, plus a
   ``config.json`` with the method's settings. ``lamp evaluate`` computes every metric
-  from these files with the same code as for LAMP.
+  from these files with the same code as for LAMP;
+* ``train_risk.csv`` beside it, same columns: each fold model's in-sample risks of its
+  own training patients (``fold`` = the held-out fold of the model that scored them), so
+  that ``lamp evaluate`` splits the Kaplan–Meier groups of fold k at the median risk of
+  fold k's training patients under fold k's model (paper Fig. 2), the same rule as for
+  LAMP's rows.
 
 A method is a function ``fit_predict(split) -> risks`` that sees only `Split`: the
-training rows (with ``time``/``event`` of the endpoint) and the test rows (whose
-outcome columns are removed, so a method cannot read them by accident).
+training rows (with ``time``/``event`` of the endpoint) and the rows to score (whose
+outcome columns are removed, so a method cannot read them by accident). The rows to
+score are the held-out patients followed by the training patients again; a method
+scores every row the same way and fits nothing on them.
 """
 
 from __future__ import annotations
@@ -70,7 +77,12 @@ class Split:
         Clinical rows of the training patients (with outcome) plus ``time`` (months)
         and ``event`` (0/1) of the endpoint.
     test : DataFrame
-        Clinical rows of the held-out patients, outcome columns removed.
+        The rows to score, outcome columns removed: the ``n_heldout`` held-out patients
+        first, then the training patients again (their in-sample risks give the
+        Kaplan–Meier threshold; see the module doc). A method must score each row on its
+        own and fit nothing on these rows.
+    n_heldout : int or None
+        How many of the first rows of ``test`` are the held-out fold (None: all of them).
     """
 
     endpoint: str
@@ -78,6 +90,7 @@ class Split:
     seed: int
     train: pd.DataFrame
     test: pd.DataFrame
+    n_heldout: int | None = None
 
 
 def outcome_table(cohort: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -108,8 +121,9 @@ def _splits(table: pd.DataFrame, endpoint: str, seed: int) -> list[Split]:
     out = []
     for fold in sorted(int(f) for f in data["fold"].unique()):
         train = data[data["fold"] != fold].reset_index(drop=True)
-        test = data[data["fold"] == fold].drop(columns=hidden).reset_index(drop=True)
-        out.append(Split(endpoint, fold, seed * 1000 + fold, train, test))
+        heldout = data[data["fold"] == fold].drop(columns=hidden)
+        test = pd.concat([heldout, train.drop(columns=hidden)], ignore_index=True)
+        out.append(Split(endpoint, fold, seed * 1000 + fold, train, test, len(heldout)))
     return out
 
 
@@ -143,7 +157,8 @@ def cross_validate(
 
     Returns
     -------
-    DataFrame with `OOF_COLUMNS`.
+    DataFrame with `OOF_COLUMNS`: the held-out risks (also written as ``oof_risk.csv``;
+    the training patients' in-sample risks go to ``train_risk.csv``).
 
     Raises
     ------
@@ -159,6 +174,7 @@ def cross_validate(
         raise BaselineError(f"{method}: expected seeds >= 0, got {list(seeds)}")
     table, excluded = outcome_table(cohort)
     rows: list[dict[str, Any]] = []
+    train_rows: list[dict[str, Any]] = []
     for endpoint in endpoints:
         for seed in seeds:
             for split in _splits(table, endpoint, int(seed)):
@@ -173,8 +189,9 @@ def cross_validate(
                         f"{method} ({endpoint}, fold {split.fold}): non-finite risks for "
                         f"{split.test['patient_id'][~np.isfinite(risk)].tolist()[:10]}"
                     )
-                for pid, r in zip(split.test["patient_id"], risk, strict=True):
-                    rows.append(
+                n_heldout = len(split.test) if split.n_heldout is None else split.n_heldout
+                for i, (pid, r) in enumerate(zip(split.test["patient_id"], risk, strict=True)):
+                    (rows if i < n_heldout else train_rows).append(
                         {
                             "patient_id": pid,
                             "endpoint": endpoint,
@@ -204,6 +221,12 @@ def cross_validate(
         )
         + "\n",
     )
+    train_risk = pd.DataFrame(train_rows, columns=OOF_COLUMNS)
+    # The oof file last, after removing the old one: a run cut short here leaves no
+    # oof_risk.csv (so the method counts as not run), never one paired with the
+    # train_risk.csv of another run.
+    (out / "oof_risk.csv").unlink(missing_ok=True)
+    write_text_atomic(out / "train_risk.csv", train_risk.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(out / "oof_risk.csv", oof.to_csv(index=False, lineterminator="\n"))
     return oof
 

@@ -4,12 +4,15 @@ The paper splits the patients at "the training-fold median risk" and compares th
 groups' Kaplan–Meier curves with a log-rank test. This module holds the statistics
 (written here, checked against lifelines in the tests) and the grouping rule.
 
-The grouping rule, and why it is an approximation
--------------------------------------------------
-For fold k the exact rule is: threshold = median of the risks that fold k's *model* gives
-to its *training* patients. Out-of-fold files (``oof_risk.csv``) hold only held-out risks:
-a training patient's in-sample risk under fold k's model is not stored. So
-`risk_groups` uses, by default, the practical rule
+The grouping rule
+-----------------
+For fold k the rule is: threshold = median of the risks that fold k's *model* gives to
+its *training* patients. ``lamp train`` and ``lamp baselines`` store these in-sample
+risks (``train_risk.csv``, one row per training patient of each fold, scored by that
+fold's model); pass them as ``train_risk`` and this exact rule is used.
+
+An out-of-fold file alone (``oof_risk.csv`` written by hand or by an older version) holds
+only held-out risks. For it `risk_groups` falls back to the approximation
 
     threshold_k = median of the out-of-fold risks of the patients not in fold k
                   (same endpoint, method and seed),
@@ -17,13 +20,10 @@ a training patient's in-sample risk under fold k's model is not stored. So
 i.e. the training patients' risks as scored by the models that held them out. It uses no
 risk of fold k's own patients, but it is not wholly blind to fold k: those four other
 fold models were trained on folds that include fold k, outcomes and all, so fold k's
-outcomes reach its threshold through them (weakly: one median of a score). For methods
-that fit nothing (IPI, Ann Arbor, a computed stage) the two rules coincide. It is also an
-approximation because those risks come from four other fold models (whose scales may
-differ from fold k's model). When the
-in-sample training risks *are* available (a frame like the oof file, one row per
-training patient of each fold, scored by that fold's model), pass them as
-``train_risk`` and the exact rule is used. Each result says which rule made it.
+outcomes reach its threshold through them (weakly: one median of a score); and those
+risks come from four other fold models, whose scales may differ from fold k's model. For
+methods that fit nothing (IPI, Ann Arbor, a computed stage) the two rules coincide. Each
+result says which rule made it.
 The held-out patients of all folds are then pooled into one high- and one low-risk group.
 
 References

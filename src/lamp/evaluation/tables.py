@@ -19,9 +19,10 @@ protocol"):
   `lamp.evaluation.survival.risk_groups` (the training-fold median, or its stated
   approximation), the held-out patients of all folds pooled.
 
-If a ``train_risk.csv`` (same columns as the oof file; ``fold`` = the fold whose model
-scored these *training* patients) lies beside an oof file, the KM split uses the exact
-training-fold median; otherwise the approximation, and ``logrank.csv`` says which.
+``lamp train`` and ``lamp baselines`` write a ``train_risk.csv`` (same columns as the oof
+file; ``fold`` = the fold whose model scored these *training* patients) beside each oof
+file; with it the KM split uses the exact training-fold median, without it (a hand-made
+risk file) the approximation, and ``logrank.csv`` says which.
 
 Outputs (``WORK/results/``): ``table1.csv/.md``, ``table2.csv/.md``, ``fold_metrics.csv``,
 ``logrank.csv``, ``km_<endpoint>_<method>.png`` (Table 1 rows, first seed) and
@@ -219,6 +220,12 @@ def _optional_train_risk(path: Path, column: str, value: str) -> pd.DataFrame | 
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise EvaluationError(f"{path}: expected columns {need}, missing {missing}")
+    bad = ~np.isfinite(pd.to_numeric(df["risk"], errors="coerce"))
+    if bad.any():
+        raise EvaluationError(
+            f"{path}: column risk: expected finite numbers, got "
+            f"{df.loc[bad, 'risk'].tolist()[:5]} in rows {list(df.index[bad])[:5]}"
+        )
     return df[df[column] == value].drop(columns=[column]).reset_index(drop=True)
 
 
