@@ -226,11 +226,85 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
         assert set(pd.read_csv(out / "lesions.csv")["patient_id"]) <= {pid}
     ref = load_case_features(work / "features_reference" / f"{pid}.npz")
     assert len(ref.lesion_ids) >= 1
+    _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path, capsys)
     # metrics need every patient predicted: only fold 0 was, so it says which is missing
     from lamp.segmentation.nnunet import SegmentError
 
     with pytest.raises(SegmentError, match="no prediction for patient"):
         evaluate_network(cohort, work, "lamp")
+
+
+def _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path, capsys):
+    """lamp features --case: a patient outside the cohort, lesions by the ensemble of the
+    trained fold networks, features by each of them (two here: fold 0 and a copy)."""
+    import shutil
+
+    import nibabel as nib
+
+    from lamp.features import FeatureError, load_case_features
+    from lamp.segmentation import cli as seg_cli
+    from lamp.segmentation.extract import extract_new_case_features
+    from lamp.segmentation.instances import lesion_instances
+    from lamp.segmentation.nnunet import SegmentError, results_folder
+
+    model_dir = results_folder(work, cfg, plain=False)
+    shutil.copytree(model_dir / "fold_0", model_dir / "fold_1")
+    case = tmp_path / "new" / "NEW01"
+    case.mkdir(parents=True)
+    for name in ("pet.nii.gz", "ct.nii.gz"):
+        shutil.copy(cohort / "cases" / pid / name, case / name)
+    out = tmp_path / "new_out"
+    with pytest.raises(FeatureError, match="organs.nii.gz: no such file"):
+        extract_new_case_features(case, work, cfg, out)
+    shutil.copy(cohort / "cases" / pid / "organs.nii.gz", case / "organs.nii.gz")
+    args = parser.parse_args(
+        ["features", "--work", str(work), "--case", str(case), "--out", str(out), "--step", "1"]
+    )
+    assert seg_cli.run(args) == 0, capsys.readouterr().out
+    assert f"--features {out / 'fold_0' / 'NEW01.npz'}" in capsys.readouterr().out
+    pet = nib.load(str(case / "pet.nii.gz"))
+    mask = nib.load(str(out / "NEW01_lesion_mask.nii.gz"))
+    inst = nib.load(str(out / "NEW01_instances.nii.gz"))
+    assert mask.shape == inst.shape == pet.shape
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1}
+    np.testing.assert_array_equal(
+        np.asarray(inst.dataobj),
+        lesion_instances(
+            np.asarray(mask.dataobj) > 0, 1e-3 * abs(np.linalg.det(pet.affine[:3, :3]))
+        ),
+    )
+    assert not (out / ".partial").exists()
+    feats = [load_case_features(out / f"fold_{k}" / "NEW01.npz") for k in (0, 1)]
+    assert [f.meta["network"]["fold"] for f in feats] == [0, 1]
+    assert all(f.meta["step_size"] == 1.0 for f in feats)
+    # one set of lesions for every network; fold 1 is fold 0's copy: the same features
+    np.testing.assert_array_equal(feats[0].lesion_ids, feats[1].lesion_ids)
+    np.testing.assert_allclose(feats[0].organ_features, feats[1].organ_features, atol=1e-5)
+    table = pd.read_csv(out / "lesions.csv", dtype={"patient_id": str})
+    assert len(table) == len(feats[0].lesion_ids) and set(table["patient_id"]) <= {"NEW01"}
+    # a rerun skips the finished files
+    before = (out / "fold_1" / "NEW01.npz").stat().st_mtime_ns
+    extract_new_case_features(case, work, cfg, out)
+    assert (out / "fold_1" / "NEW01.npz").stat().st_mtime_ns == before
+    # over a given mask (here the reference): its components are the instances
+    ref_out = tmp_path / "new_ref"
+    files = extract_new_case_features(
+        case, work, cfg, ref_out, lesions=cohort / "cases" / pid / "lesions.nii.gz"
+    )
+    ref = np.asarray(nib.load(str(cohort / "cases" / pid / "lesions.nii.gz")).dataobj) > 0
+    n_ref = int(lesion_instances(ref, 1.0).max())
+    assert sorted(files) == [0, 1] and not (ref_out / "NEW01_lesion_mask.nii.gz").exists()
+    assert len(load_case_features(files[1]).lesion_ids) == n_ref
+    # a fold whose training has not finished is named, not silently left out
+    (model_dir / "fold_2").mkdir()
+    with pytest.raises(SegmentError, match=r"fold\(s\) \[2\] has not finished"):
+        extract_new_case_features(case, work, cfg, tmp_path / "x")
+    shutil.rmtree(model_dir / "fold_2")
+    for bad in (["--cohort", str(cohort)], []):
+        args = parser.parse_args(["features", "--work", str(work), "--case", str(case), *bad])
+        assert seg_cli.run(args) == 2
+    assert "give --cohort or --case, not both" in capsys.readouterr().out
+    shutil.rmtree(model_dir / "fold_1")
 
 
 def test_segment_cli_step_option_reaches_the_configuration():

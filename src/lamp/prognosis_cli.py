@@ -41,7 +41,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="a new patient's risk, survival curve and lesions ranked by attention",
         description="Apply the five fold models of a trained run to one patient's "
-        "features file (WORK/features/<id>.npz layout).",
+        "features file (WORK/features/<id>.npz layout; for a patient outside the cohort, "
+        "lamp features --case DIR --out OUT writes OUT/fold_<k>/<id>.npz first).",
     )
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--features", required=True, type=Path, help="the patient's .npz file")

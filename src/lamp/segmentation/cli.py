@@ -75,10 +75,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "on (prognosis fold k trains on these, in the same feature space as its held-out "
         "patients); WORK/features/lesions.csv. --reference: over the reference lesion "
         "masks -> WORK/features_reference/. --out-of-fold-only: only the <id>.npz files "
-        "(one pass per patient; enough for reports, not for lamp train).",
+        "(one pass per patient; enough for reports, not for lamp train). --case DIR --out "
+        "OUT: a patient outside the cohort (pet/ct/organs.nii.gz in DIR): lesions by the "
+        "ensemble of the fold networks (or --lesions MASK), then OUT/fold_<k>/<id>.npz by "
+        "each network, for lamp predict --features OUT/fold_0/<id>.npz.",
     )
-    f.add_argument("--cohort", required=True, type=Path)
+    f.add_argument("--cohort", type=Path, help="the cohort folder (or --case)")
     f.add_argument("--work", required=True, type=Path)
+    f.add_argument(
+        "--case", type=Path, default=None, help="one case folder outside the cohort (new patient)"
+    )
+    f.add_argument("--out", type=Path, default=None, help="output folder of --case")
+    f.add_argument(
+        "--lesions",
+        type=Path,
+        default=None,
+        help="with --case: pool over this lesion mask (PET grid) instead of the ensemble's",
+    )
     f.add_argument("--reference", action="store_true", help="pool over the reference masks")
     f.add_argument(
         "--out-of-fold-only",
@@ -154,6 +167,10 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     cfg = _config(args)
+    if args.segment_command == "features" and (args.case is not None or args.cohort is None):
+        return _new_case(args, cfg)
+    if args.segment_command == "features" and (args.out is not None or args.lesions is not None):
+        raise SegmentError("--out and --lesions go with --case (a patient outside the cohort)")
     if not (args.cohort / "clinical.csv").is_file():
         raise SegmentError(f"--cohort {args.cohort}: no clinical.csv (not a cohort folder)")
     if args.segment_command == "features":
@@ -202,4 +219,28 @@ def _run(args: argparse.Namespace) -> int:
     path = write_comparison(args.work, tables)
     if path:
         print(f"side-by-side metrics: {path}")
+    return 0
+
+
+def _new_case(args: argparse.Namespace, cfg) -> int:
+    from lamp.segmentation.extract import extract_new_case_features
+    from lamp.segmentation.nnunet import SegmentError
+
+    if args.case is None:
+        raise SegmentError("expected --cohort COHORT, or --case DIR --out OUT for a new patient")
+    if args.cohort is not None:
+        raise SegmentError("give --cohort or --case, not both")
+    if args.out is None:
+        raise SegmentError("--case needs --out OUT (where its feature files go)")
+    if args.reference or args.out_of_fold_only:
+        raise SegmentError(
+            "--reference and --out-of-fold-only apply to a cohort; for a case, --lesions "
+            "MASK pools over a given mask"
+        )
+    files = extract_new_case_features(
+        args.case, args.work, cfg, args.out, lesions=args.lesions, device=args.device
+    )
+    first = files[min(files)]
+    print(f"features of {args.case.name} by {len(files)} fold network(s) in {args.out}")
+    print(f"next: lamp predict --work {args.work} --features {first}")
     return 0

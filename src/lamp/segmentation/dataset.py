@@ -93,18 +93,44 @@ def _up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
 
 def _export_case(cohort: Path, pid: str, folder: Path) -> None:
     """Write one case's two channels and label (see the module docstring)."""
-    pet_path = case_path(cohort, pid, "pet")
-    ct_path = case_path(cohort, pid, "ct")
     les_path = case_path(cohort, pid, "lesions")
+    les, les_aff = load_nifti(les_path)
+    out_ct, out_pet, out_label = _outputs(folder, pid)
+    pet_aff = write_channels(
+        case_path(cohort, pid, "pet"),
+        case_path(cohort, pid, "ct"),
+        pid,
+        out_ct,
+        out_pet,
+        check_label=(les_path, les.shape, les_aff),
+    )
+    # the label last: a case counts as exported only when all three are newer than inputs
+    save_nifti(out_label, les > 0, pet_aff, np.uint8)
+
+
+def write_channels(
+    pet_path: Path,
+    ct_path: Path,
+    pid: str,
+    out_ct: Path,
+    out_pet: Path,
+    check_label: tuple[Path, tuple[int, ...], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Write a case's two nnU-Net input channels: the CT resampled onto the PET grid
+    (``out_ct``) and the PET (``out_pet``); returns the PET affine.
+
+    ``check_label`` = (path, shape, affine) of a label map that must lie on the PET grid
+    (checked before anything is written).
+    """
     pet, pet_aff = load_nifti(pet_path)
     ct, ct_aff = load_nifti(ct_path)
-    les, les_aff = load_nifti(les_path)
-
-    if not same_grid(les.shape, les_aff, pet.shape, pet_aff, atol_mm=_GRID_ATOL_MM):
-        raise CohortError(
-            f"{les_path}: expected the lesion map on the PET grid (shape {pet.shape}, affine\n"
-            f"{pet_aff}), got shape {les.shape}, affine\n{les_aff}"
-        )
+    if check_label is not None:
+        les_path, les_shape, les_aff = check_label
+        if not same_grid(les_shape, les_aff, pet.shape, pet_aff, atol_mm=_GRID_ATOL_MM):
+            raise CohortError(
+                f"{les_path}: expected the lesion map on the PET grid (shape {pet.shape}, "
+                f"affine\n{pet_aff}), got shape {les_shape}, affine\n{les_aff}"
+            )
     if same_grid(ct.shape, ct_aff, pet.shape, pet_aff, atol_mm=_GRID_ATOL_MM):
         ct_on_pet = ct.astype(np.float32)
     else:
@@ -119,11 +145,9 @@ def _export_case(cohort: Path, pid: str, folder: Path) -> None:
             ct.astype(np.float32, copy=False), ct_aff, pet.shape, pet_aff, order=1, fill=CT_FILL_HU
         )
 
-    out_ct, out_pet, out_label = _outputs(folder, pid)
     save_nifti(out_ct, ct_on_pet, pet_aff, np.float32)
     save_nifti(out_pet, pet, pet_aff, np.float32)
-    # the label last: a case counts as exported only when all three are newer than inputs
-    save_nifti(out_label, les > 0, pet_aff, np.uint8)
+    return pet_aff
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:

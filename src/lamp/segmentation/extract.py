@@ -22,6 +22,11 @@ patient's out-of-fold predicted instances in every file, so training and held-ou
 lesions come from segmentations of the same quality. Each file's ``meta["network"]``
 names its network. Cost: five passes per patient instead of one.
 
+A patient outside the cohort (`extract_new_case_features`, ``lamp features --case``) was
+held out by every network: its lesions are the ensemble prediction of the trained fold
+networks (or a given mask), and each network pools its features over them, so that each
+prognosis fold model again meets its own network's feature space.
+
 The network sees what nnU-Net's preprocessing would give it: CT resampled onto the PET
 grid, clipped to the 0.5-99.5 foreground percentiles and z-scored with the dataset's
 foreground statistics (nnU-Net's CTNormalization), PET z-scored per image; arrays in
@@ -44,7 +49,12 @@ import pandas as pd
 from lamp.cohort import case_dir, case_path, read_clinical, read_folds, write_text_atomic
 from lamp.segmentation.nnunet import SegmentConfig, SegmentError, nnunet_env, results_folder
 
-__all__ = ["extract_cohort_features", "features_folder"]
+__all__ = [
+    "extract_cohort_features",
+    "extract_new_case_features",
+    "features_folder",
+    "trained_folds",
+]
 
 
 def features_folder(work: Path, reference: bool) -> Path:
@@ -62,6 +72,39 @@ def _load_fold_network(model_dir: Path, fold: int, device):
     net.load_state_dict(predictor.list_of_parameters[0])
     net.eval()
     return net.to(device), predictor.plans_manager, predictor.configuration_manager
+
+
+def _fold_pass(model_dir: Path, fold: int, dev):
+    """What `extract_case_features` needs to run fold ``fold``'s network: the model
+    function, its patch, the channel normalisation, the plan's spacing (in the PET's
+    (i, j, k) order) and the ``meta["network"]`` entry."""
+    import torch
+
+    from lamp.features import ChannelNormalization
+
+    net, plans, conf = _load_fold_network(model_dir, fold, dev)
+    if list(plans.transpose_forward) != [0, 1, 2]:
+        raise SegmentError(
+            f"{model_dir}: plans transpose the axes "
+            f"({plans.transpose_forward}); not supported by features yet"
+        )
+    props = plans.foreground_intensity_properties_per_channel["0"]
+    norm = ChannelNormalization(
+        ct_mean=float(props["mean"]),
+        ct_std=float(props["std"]),
+        ct_clip=(float(props["percentile_00_5"]), float(props["percentile_99_5"])),
+    )
+    patch = tuple(int(p) for p in reversed(conf.patch_size))  # (z,y,x) -> (i,j,k)
+    # a patient's PET of another spacing is resampled to it for the pass
+    spacing = np.array(list(reversed(conf.spacing)), dtype=float)
+
+    @torch.inference_mode()
+    def model_fn(x):
+        # (B, C, i, j, k) -> nnU-Net's (B, C, z, y, x) and back
+        prob, feats = net.forward_features(x.permute(0, 1, 4, 3, 2).contiguous())
+        return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
+
+    return model_fn, patch, norm, spacing, {"fold": int(fold), "model_dir": str(model_dir)}
 
 
 def extract_cohort_features(
@@ -82,9 +125,7 @@ def extract_cohort_features(
     With ``training_patients=False`` only the out-of-fold files ``<patient_id>.npz`` are
     written (enough for reports and inspection, not for `train_cv` with these networks).
     """
-    import torch
-
-    from lamp.features import ChannelNormalization, extract_case_features, load_case_features
+    from lamp.features import extract_case_features, load_case_features
     from lamp.segmentation.nnunet import _device
 
     dev = _device(device)
@@ -116,30 +157,7 @@ def extract_cohort_features(
             ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
             if not ckpt.is_file():
                 raise SegmentError(f"{ckpt}: fold {k} is not trained; run lamp segment train")
-            net, plans, conf = _load_fold_network(model_dir, int(k), dev)
-            if list(plans.transpose_forward) != [0, 1, 2]:
-                raise SegmentError(
-                    f"{model_dir}: plans transpose the axes "
-                    f"({plans.transpose_forward}); not supported by features yet"
-                )
-            props = plans.foreground_intensity_properties_per_channel["0"]
-            norm = ChannelNormalization(
-                ct_mean=float(props["mean"]),
-                ct_std=float(props["std"]),
-                ct_clip=(float(props["percentile_00_5"]), float(props["percentile_99_5"])),
-            )
-            patch = tuple(int(p) for p in reversed(conf.patch_size))  # (z,y,x) -> (i,j,k)
-            # the plan's spacing in the PET's (i, j, k) order; a patient's PET of another
-            # spacing is resampled to it for the pass (extract_case_features)
-            spacing = np.array(list(reversed(conf.spacing)), dtype=float)
-
-            @torch.inference_mode()
-            def model_fn(x, net=net):
-                # (B, C, i, j, k) -> nnU-Net's (B, C, z, y, x) and back
-                prob, feats = net.forward_features(x.permute(0, 1, 4, 3, 2).contiguous())
-                return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
-
-            network = {"fold": int(k), "model_dir": str(model_dir)}
+            model_fn, patch, norm, spacing, network = _fold_pass(model_dir, int(k), dev)
             for pid, path in todo:
                 lesions = (
                     case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
@@ -170,3 +188,185 @@ def extract_cohort_features(
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out_dir / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
     return out_dir
+
+
+def trained_folds(model_dir: Path) -> list[int]:
+    """The folds of ``model_dir`` whose training finished (``checkpoint_final.pth``).
+
+    Raises
+    ------
+    SegmentError
+        No trained fold, or a fold folder whose training has not finished.
+    """
+    folds, unfinished = [], []
+    for d in sorted(Path(model_dir).glob("fold_*")):
+        if not (d.is_dir() and d.name[5:].isdigit()):
+            continue
+        (folds if (d / "checkpoint_final.pth").is_file() else unfinished).append(int(d.name[5:]))
+    if unfinished:
+        raise SegmentError(
+            f"{model_dir}: the training of fold(s) {unfinished} has not finished (no "
+            "checkpoint_final.pth); finish it with lamp segment train"
+        )
+    if not folds:
+        raise SegmentError(f"{model_dir}: no trained fold; run lamp segment train")
+    return sorted(folds)
+
+
+def extract_new_case_features(
+    case: Path,
+    work: Path,
+    cfg: SegmentConfig,
+    out: Path,
+    *,
+    lesions: Path | None = None,
+    device: str = "cpu",
+    progress=None,
+) -> dict[int, Path]:
+    """Features of a patient outside the cohort, by every trained fold network.
+
+    A new patient was held out by all five networks, so (nnU-Net's rule for new cases)
+    its lesions are the **ensemble** prediction: the mean of the fold networks' lesion
+    probabilities, through nnU-Net's predictor as for the cohort (``cfg``'s step and
+    mirroring). Then each fold network k pools its features over those lesions, as
+    ``lamp features`` does for the cohort, because prognosis fold model k was trained in
+    network k's feature space (see the module doc). Written under ``out``::
+
+        <id>_lesion_mask.nii.gz     the ensemble's binary lesion mask (PET grid; not
+                                    written when ``lesions`` is given)
+        <id>_instances.nii.gz       lesion instances 1..J (18-connected components)
+        fold_<k>/<id>.npz           features by fold k's network, one per trained fold
+        lesions.csv                 the lesion table (volume, SUV, TLG, site, ...)
+
+    ``lamp predict --features out/fold_0/<id>.npz`` then pairs each fold model with its
+    network's file. Cost: one ensemble prediction (a pass per network) and one feature
+    pass per network. Finished files are skipped on a rerun; each is written atomically.
+
+    Parameters
+    ----------
+    case : Path
+        A case folder with ``pet.nii.gz`` (SUV), ``ct.nii.gz`` (HU) and ``organs.nii.gz``
+        (TotalSegmentator 'total' ids on the PET grid; ``lamp organs`` or
+        ``lamp ingest``); its name is the patient id.
+    work : Path
+        The work folder of the trained segmentation networks (``lamp segment train``).
+    cfg : SegmentConfig
+        The configuration they were trained with (and the sliding-window step).
+    out : Path
+        Output folder.
+    lesions : Path, optional
+        A lesion mask or instance map on the PET grid to pool over instead of the
+        ensemble's prediction (e.g. a manual delineation); its connected components
+        become the instances.
+
+    Returns
+    -------
+    dict fold -> feature file.
+    """
+    from lamp.features import (
+        FeatureError,
+        _check_case,
+        extract_case_features,
+        load_case_features,
+        load_case_images,
+    )
+    from lamp.images import load_nifti, same_grid, save_nifti
+    from lamp.segmentation.instances import lesion_instances
+    from lamp.segmentation.nnunet import _device
+
+    case, work, out = Path(case), Path(work), Path(out)
+    if not case.is_dir():
+        raise SegmentError(f"--case {case}: no such folder (expected pet.nii.gz, ct.nii.gz, ...)")
+    images = load_case_images(case)  # names the patient and file on a missing/bad image
+    _check_case(images)
+    pid = images.patient_id
+    organs = case / "organs.nii.gz"
+    if not organs.is_file():
+        raise FeatureError(
+            f"patient {pid}: organs: {organs}: no such file (organ masks are TotalSegmentator "
+            "'total' ids on the PET grid: lamp organs makes them where TotalSegmentator is "
+            "installed, or lamp ingest imports them)"
+        )
+    dev = _device(device)
+    model_dir = results_folder(work, cfg, plain=False)
+    folds = trained_folds(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    voxel_ml = float(abs(np.linalg.det(images.pet_affine[:3, :3]))) / 1000.0
+    inst_path = out / f"{pid}_instances.nii.gz"
+    if lesions is not None:
+        arr, aff = load_nifti(lesions)
+        if not same_grid(arr.shape, aff, images.pet.shape, images.pet_affine):
+            raise SegmentError(
+                f"{lesions}: expected the lesion map on the PET grid of {case / 'pet.nii.gz'} "
+                f"(shape {images.pet.shape}), got shape {arr.shape}; resample it onto the "
+                "PET grid (nearest neighbour)"
+            )
+        if not inst_path.is_file():
+            save_nifti(inst_path, lesion_instances(arr > 0, voxel_ml), aff, np.uint16)
+    elif not inst_path.is_file():
+        mask_path = out / f"{pid}_lesion_mask.nii.gz"
+        with nnunet_env(work, cfg):
+            if not mask_path.is_file():
+                _predict_ensemble(case, pid, model_dir, folds, cfg, dev, mask_path)
+        mask, aff = load_nifti(mask_path)
+        save_nifti(inst_path, lesion_instances(mask > 0, voxel_ml), aff, np.uint16)
+    files: dict[int, Path] = {}
+    with nnunet_env(work, cfg):
+        for i, k in enumerate(folds):
+            path = out / f"fold_{k}" / f"{pid}.npz"
+            files[k] = path
+            if not path.is_file():
+                model_fn, patch, norm, spacing, network = _fold_pass(model_dir, k, dev)
+                extract_case_features(
+                    model_fn,
+                    images,
+                    lesion_instances=inst_path,
+                    organ_labels=organs,
+                    patch_size=patch,
+                    normalization=norm,
+                    out_path=path,
+                    device=dev,
+                    target_spacing=spacing,
+                    step_size=cfg.tile_step_size,
+                    network=network,
+                )
+            if progress:
+                progress("features", i + 1, len(folds))
+    table = load_case_features(files[folds[0]]).table
+    write_text_atomic(out / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
+    return files
+
+
+def _predict_ensemble(
+    case: Path, pid: str, model_dir: Path, folds: list[int], cfg: SegmentConfig, dev, mask_path
+) -> None:
+    """nnU-Net's prediction of one case by the mean of ``folds``' networks -> ``mask_path``."""
+    import os
+    import shutil
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from lamp.segmentation.dataset import write_channels
+
+    scratch = mask_path.parent / ".partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    inputs = [str(scratch / f"{pid}_0000.nii.gz"), str(scratch / f"{pid}_0001.nii.gz")]
+    write_channels(case / "pet.nii.gz", case / "ct.nii.gz", pid, Path(inputs[0]), Path(inputs[1]))
+    predictor = nnUNetPredictor(
+        tile_step_size=cfg.tile_step_size,
+        use_gaussian=True,
+        use_mirroring=cfg.mirroring,
+        perform_everything_on_device=dev.type == "cuda",
+        device=dev,
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(model_dir), use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth"
+    )
+    predictor.predict_from_files_sequential(
+        [inputs], [str(scratch / pid)], save_probabilities=False, overwrite=True
+    )
+    os.replace(scratch / f"{pid}.nii.gz", mask_path)
+    shutil.rmtree(scratch, ignore_errors=True)
