@@ -371,6 +371,23 @@ def test_stored_training_risks_give_the_exact_split(tmp_path):
     assert row["n_high"] == high and row["n_low"] == len(merged) - high
 
 
+def test_training_risks_missing_a_fold_are_refused(tmp_path):
+    cohort, work, lp = write_cohort(tmp_path, truth=False)
+    write_baseline_oof(cohort, work, lp, "guo2021", endpoints=("pfs",))
+    pts = scored(cohort)
+    rows = [
+        (p, "pfs", "guo2021", 0, k, 1.0)
+        for k in (0, 1, 2, 4)  # fold 3's model scored no training patient
+        for p in pts.loc[pts["fold"] != k, "patient_id"]
+    ]
+    cols = ["patient_id", "endpoint", "method", "seed", "fold", "risk"]
+    pd.DataFrame(rows, columns=cols).to_csv(work / "baselines/guo2021/train_risk.csv", index=False)
+    with pytest.raises(
+        EvaluationError, match=r"train_risk.csv: no training-patient risks of fold\(s\) \[3\]"
+    ):
+        evaluate(work, cohort, figures=False)
+
+
 def test_baseline_folder_names_map_to_the_papers_rows(tmp_path):
     # the names the baseline modules write (lamp.baselines.*), in a scrambled order
     cohort, work, lp = write_cohort(tmp_path, truth=False)

@@ -205,6 +205,11 @@ def cross_validate(
                     progress(f"{method} {endpoint} seed {seed} fold {split.fold}: done")
     oof = pd.DataFrame(rows, columns=OOF_COLUMNS)
     out = Path(work) / "baselines" / method
+    train_risk = pd.DataFrame(train_rows, columns=OOF_COLUMNS)
+    # The oof file last, after removing the old one: a run cut short here leaves no
+    # oof_risk.csv (so the method counts as not run), never one paired with the
+    # config.json or train_risk.csv of another run.
+    (out / "oof_risk.csv").unlink(missing_ok=True)
     write_text_atomic(
         out / "config.json",
         json.dumps(
@@ -221,11 +226,6 @@ def cross_validate(
         )
         + "\n",
     )
-    train_risk = pd.DataFrame(train_rows, columns=OOF_COLUMNS)
-    # The oof file last, after removing the old one: a run cut short here leaves no
-    # oof_risk.csv (so the method counts as not run), never one paired with the
-    # train_risk.csv of another run.
-    (out / "oof_risk.csv").unlink(missing_ok=True)
     write_text_atomic(out / "train_risk.csv", train_risk.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(out / "oof_risk.csv", oof.to_csv(index=False, lineterminator="\n"))
     return oof

@@ -102,6 +102,10 @@ __all__ = [
 ]
 
 METHOD = "Thiery2025"
+# Patients per padded scoring pass: the pass holds a few (B, J, J, hidden) float tensors
+# (64 x 64 x 32 x 4 B = 0.5 MB each per patient at the default 64 lesions, by arithmetic),
+# so the memory stays bounded whatever the cohort size.
+_SCORE_BATCH = 64
 
 #: Columns of a lesion graph's node feature matrix, in order.
 NODE_FEATURES: tuple[str, ...] = (
@@ -640,7 +644,6 @@ def fit_predict_thiery(
     graphs = collate_graphs([train_graphs[i] for i in keep], node_mean, node_std)
     clinical = clinical_tensor(clin_train[keep])
     target = torch.as_tensor(label[keep])
-    test_batch = collate_graphs(test_graphs, node_mean, node_std)
     test_clinical = clinical_tensor(_clinical_matrix(split.test, where))
 
     # The tensors are tiny: a second intra-op thread costs more than it gains (measured:
@@ -648,11 +651,18 @@ def fit_predict_thiery(
     # one order.
     with torch_threads(1), torch.random.fork_rng(devices=[]):
         model = _train(graphs, clinical, target, config, seeded_generator(split.seed))
-        # the whole held-out fold in one padded pass
+        # padded passes of _SCORE_BATCH patients (the rows to score include the training
+        # patients, for the Kaplan-Meier threshold); each row's risk is its own
         model.eval()
+        risks = []
         with torch.no_grad():
-            risk = model(test_batch.nodes, test_batch.distances_mm, test_batch.mask, test_clinical)
-    return risk.numpy().astype(np.float64)
+            for start in range(0, len(test_graphs), _SCORE_BATCH):
+                part = slice(start, start + _SCORE_BATCH)
+                batch = collate_graphs(test_graphs[part], node_mean, node_std)
+                risks.append(
+                    model(batch.nodes, batch.distances_mm, batch.mask, test_clinical[part])
+                )
+    return torch.cat(risks).numpy().astype(np.float64)
 
 
 def _train(

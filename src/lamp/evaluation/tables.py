@@ -623,6 +623,14 @@ def _groups(
             (src.train_risk["endpoint"] == endpoint) & (src.train_risk["seed"] == seed)
         ]
         tr = tr if not tr.empty else None
+    if tr is not None:
+        missing = sorted(set(data["fold"]) - set(tr["fold"]))
+        if missing:
+            raise EvaluationError(
+                f"{src.path.with_name('train_risk.csv')}: no training-patient risks of fold(s) "
+                f"{missing} for {endpoint} seed {seed}, though the oof file scores them; rerun "
+                "the method (or remove train_risk.csv for the approximate rule)"
+            )
     grouped = risk_groups(data, tr)
     return grouped, str(grouped["rule"].iloc[0])
 
