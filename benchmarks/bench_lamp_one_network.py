@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
+
+import numpy as np
 
 from lamp.segmentation.nnunet import SEG_CONFIGS, results_folder
 
@@ -55,6 +58,28 @@ def _one_network_work(work: Path, out: Path, fold: int, cfg) -> None:
     for k in range(5):
         if not (dst / f"fold_{k}").exists():
             os.symlink((src / f"fold_{fold}").resolve(), dst / f"fold_{k}")
+
+
+def _one_feature_space(folder: Path, fold: int) -> None:
+    """Mark every feature file as made by one network for all folds (``meta["network"]
+    ["fold"]`` = None), as it is here, so that ``lamp train`` uses the same files for
+    every prognosis fold instead of asking for each fold network's ``fold_<k>/`` files."""
+    from lamp.features import _write_npz
+
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        meta = json.loads(str(arrays["meta"]))
+        network = meta.get("network") or {}
+        if network.get("fold") is None:
+            continue
+        meta["network"] = {
+            "fold": None,
+            "model_dir": network.get("model_dir"),
+            "note": f"fold {fold}'s network for every patient (bench_lamp_one_network.py)",
+        }
+        arrays["meta"] = np.array(json.dumps(meta))
+        _write_npz(path, arrays)
 
 
 def print_report(work: Path, cohort: Path) -> None:
@@ -93,7 +118,10 @@ def main() -> None:
     out = args.out.resolve()
     _one_network_work(args.work.resolve(), out, args.fold, cfg)
     t0 = time.perf_counter()
-    feats = extract_cohort_features(args.cohort, out, cfg, reference=True)
+    # one pass per patient: every fold's "network" is fold K's, so the fold_<k>/ files
+    # of lamp features would repeat the same pass four more times
+    feats = extract_cohort_features(args.cohort, out, cfg, reference=True, training_patients=False)
+    _one_feature_space(feats, args.fold)
     t_feat = time.perf_counter() - t0
     link = out / "features"
     if not link.exists():
