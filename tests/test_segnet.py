@@ -242,6 +242,7 @@ def _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path,
     import nibabel as nib
 
     from lamp.features import FeatureError, load_case_features
+    from lamp.images import save_nifti
     from lamp.segmentation import cli as seg_cli
     from lamp.segmentation.extract import extract_new_case_features
     from lamp.segmentation.instances import lesion_instances
@@ -280,9 +281,10 @@ def _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path,
     # one set of lesions for every network; fold 1 is fold 0's copy: the same features
     np.testing.assert_array_equal(feats[0].lesion_ids, feats[1].lesion_ids)
     np.testing.assert_allclose(feats[0].organ_features, feats[1].organ_features, atol=1e-5)
-    table = pd.read_csv(out / "lesions.csv", dtype={"patient_id": str})
+    table = pd.read_csv(out / "NEW01_lesions.csv", dtype={"patient_id": str})
     assert len(table) == len(feats[0].lesion_ids) and set(table["patient_id"]) <= {"NEW01"}
-    # a rerun skips the finished files
+    # a rerun of the same request (the CLI's step 1) skips the finished files
+    cfg = dataclasses.replace(cfg, tile_step_size=1.0)
     before = (out / "fold_1" / "NEW01.npz").stat().st_mtime_ns
     extract_new_case_features(case, work, cfg, out)
     assert (out / "fold_1" / "NEW01.npz").stat().st_mtime_ns == before
@@ -291,15 +293,32 @@ def _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path,
     files = extract_new_case_features(
         case, work, cfg, ref_out, lesions=cohort / "cases" / pid / "lesions.nii.gz"
     )
-    ref = np.asarray(nib.load(str(cohort / "cases" / pid / "lesions.nii.gz")).dataobj) > 0
-    n_ref = int(lesion_instances(ref, 1.0).max())
+    ref = np.asarray(nib.load(str(cohort / "cases" / pid / "lesions.nii.gz")).dataobj)
     assert sorted(files) == [0, 1] and not (ref_out / "NEW01_lesion_mask.nii.gz").exists()
-    assert len(load_case_features(files[1]).lesion_ids) == n_ref
+    ref_ids = (
+        np.unique(ref[ref > 0])
+        if ref.max() > 1
+        else np.arange(1, 1 + lesion_instances(ref > 0, 1.0).max())
+    )
+    np.testing.assert_array_equal(load_case_features(files[1]).lesion_ids, ref_ids)
+    # a rerun with another lesion source redoes everything: back to the ensemble
+    extract_new_case_features(case, work, cfg, ref_out)
+    assert (ref_out / "NEW01_lesion_mask.nii.gz").is_file()
+    np.testing.assert_array_equal(load_case_features(files[0]).lesion_ids, feats[0].lesion_ids)
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(str(ref_out / "NEW01_instances.nii.gz")).dataobj),
+        np.asarray(inst.dataobj),
+    )
     # a fold whose training has not finished is named, not silently left out
     (model_dir / "fold_2").mkdir()
     with pytest.raises(SegmentError, match=r"fold\(s\) \[2\] has not finished"):
         extract_new_case_features(case, work, cfg, tmp_path / "x")
     shutil.rmtree(model_dir / "fold_2")
+    # a lesion map that is not a label map
+    soft = tmp_path / "soft.nii.gz"
+    save_nifti(soft, np.full(pet.shape, 0.5, np.float32), pet.affine, np.float32)
+    with pytest.raises(SegmentError, match="expected a label map"):
+        extract_new_case_features(case, work, cfg, tmp_path / "y", lesions=soft)
     for bad in (["--cohort", str(cohort)], []):
         args = parser.parse_args(["features", "--work", str(work), "--case", str(case), *bad])
         assert seg_cli.run(args) == 2

@@ -41,6 +41,7 @@ lesion table stays on the PET grid (`lamp.features.extract_case_features`,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -226,8 +227,8 @@ def extract_new_case_features(
     """Features of a patient outside the cohort, by every trained fold network.
 
     A new patient was held out by all five networks, so (nnU-Net's rule for new cases)
-    its lesions are the **ensemble** prediction: the mean of the fold networks' lesion
-    probabilities, through nnU-Net's predictor as for the cohort (``cfg``'s step and
+    its lesions are the **ensemble** prediction of every trained fold network (nnU-Net's
+    predictor, which averages the networks' logits, as for the cohort: ``cfg``'s step and
     mirroring). Then each fold network k pools its features over those lesions, as
     ``lamp features`` does for the cohort, because prognosis fold model k was trained in
     network k's feature space (see the module doc). Written under ``out``::
@@ -236,11 +237,17 @@ def extract_new_case_features(
                                     written when ``lesions`` is given)
         <id>_instances.nii.gz       lesion instances 1..J (18-connected components)
         fold_<k>/<id>.npz           features by fold k's network, one per trained fold
-        lesions.csv                 the lesion table (volume, SUV, TLG, site, ...)
+        <id>_lesions.csv            the lesion table (volume, SUV, TLG, site, ...)
+        <id>_request.json           what they were made from (lesion source, images,
+                                    networks, settings)
 
     ``lamp predict --features out/fold_0/<id>.npz`` then pairs each fold model with its
     network's file. Cost: one ensemble prediction (a pass per network) and one feature
-    pass per network. Finished files are skipped on a rerun; each is written atomically.
+    pass per network. Each file is written atomically. A rerun of the same request skips
+    the finished files; a rerun with another lesion source, changed images, retrained or
+    more networks, or other settings removes the old outputs and starts again. Every
+    fold folder of the model must hold a finished training; folds never started are not
+    in the ensemble (``lamp predict`` then says which fold's features are missing).
 
     Parameters
     ----------
@@ -255,9 +262,10 @@ def extract_new_case_features(
     out : Path
         Output folder.
     lesions : Path, optional
-        A lesion mask or instance map on the PET grid to pool over instead of the
-        ensemble's prediction (e.g. a manual delineation); its connected components
-        become the instances.
+        A lesion mask or instance map on the PET grid (whole numbers >= 0) to pool over
+        instead of the ensemble's prediction (e.g. a manual delineation). An instance map
+        (values above 1) keeps its ids; a binary mask is split into its 18-connected
+        components.
 
     Returns
     -------
@@ -270,7 +278,7 @@ def extract_new_case_features(
         load_case_features,
         load_case_images,
     )
-    from lamp.images import load_nifti, same_grid, save_nifti
+    from lamp.images import load_nifti, save_nifti
     from lamp.segmentation.instances import lesion_instances
     from lamp.segmentation.nnunet import _device
 
@@ -290,31 +298,60 @@ def extract_new_case_features(
     dev = _device(device)
     model_dir = results_folder(work, cfg, plain=False)
     folds = trained_folds(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    voxel_ml = float(abs(np.linalg.det(images.pet_affine[:3, :3]))) / 1000.0
-    inst_path = out / f"{pid}_instances.nii.gz"
+    _check_on_pet_grid(organs, images, "organs", pid)
+    lesion_map = None
     if lesions is not None:
-        arr, aff = load_nifti(lesions)
-        if not same_grid(arr.shape, aff, images.pet.shape, images.pet_affine):
-            raise SegmentError(
-                f"{lesions}: expected the lesion map on the PET grid of {case / 'pet.nii.gz'} "
-                f"(shape {images.pet.shape}), got shape {arr.shape}; resample it onto the "
-                "PET grid (nearest neighbour)"
-            )
-        if not inst_path.is_file():
-            save_nifti(inst_path, lesion_instances(arr > 0, voxel_ml), aff, np.uint16)
-    elif not inst_path.is_file():
-        mask_path = out / f"{pid}_lesion_mask.nii.gz"
-        with nnunet_env(work, cfg):
-            if not mask_path.is_file():
-                _predict_ensemble(case, pid, model_dir, folds, cfg, dev, mask_path)
-        mask, aff = load_nifti(mask_path)
-        save_nifti(inst_path, lesion_instances(mask > 0, voxel_ml), aff, np.uint16)
-    files: dict[int, Path] = {}
+        lesions = Path(lesions)
+        lesion_map = _check_on_pet_grid(lesions, images, "--lesions", pid)
+    out.mkdir(parents=True, exist_ok=True)
+    mask_path = out / f"{pid}_lesion_mask.nii.gz"
+    inst_path = out / f"{pid}_instances.nii.gz"
+    table_path = out / f"{pid}_lesions.csv"
+    feature_paths = {k: out / f"fold_{k}" / f"{pid}.npz" for k in folds}
+    # What the outputs are made of. A rerun reuses finished files only when this is
+    # unchanged (same lesion source, images, networks and settings); otherwise the old
+    # outputs are removed first, so none of them can stand for another request.
+    request = {
+        "lesions": "ensemble" if lesions is None else _stamp(lesions),
+        "images": {k: _stamp(case / f"{k}.nii.gz") for k in ("pet", "ct", "organs")},
+        "networks": {
+            str(k): _stamp(model_dir / f"fold_{k}" / "checkpoint_final.pth") for k in folds
+        },
+        "model_dir": str(model_dir.resolve()),
+        "step": cfg.tile_step_size,
+        "mirroring": cfg.mirroring,
+    }
+    request_path = out / f"{pid}_request.json"
+    old = None
+    if request_path.is_file():
+        try:
+            old = json.loads(request_path.read_text())
+        except ValueError:
+            old = None
+    if old != json.loads(json.dumps(request)):
+        stale = [mask_path, inst_path, table_path, *out.glob(f"fold_*/{pid}.npz")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        write_text_atomic(request_path, json.dumps(request, indent=2) + "\n")
+    voxel_ml = float(abs(np.linalg.det(images.pet_affine[:3, :3]))) / 1000.0
+    if not inst_path.is_file():
+        if lesion_map is None:
+            with nnunet_env(work, cfg):
+                if not mask_path.is_file():
+                    _predict_ensemble(case, pid, model_dir, folds, cfg, dev, mask_path)
+            lesion_map, _ = load_nifti(mask_path)
+        if lesions is not None and lesion_map.max() > 1:
+            if lesion_map.max() > np.iinfo(np.uint16).max:
+                raise SegmentError(
+                    f"patient {pid}: --lesions {lesions}: expected instance ids <= 65535, got "
+                    f"{int(lesion_map.max())}"
+                )
+            instances = lesion_map  # an instance map: its own ids
+        else:
+            instances = lesion_instances(lesion_map > 0, voxel_ml)
+        save_nifti(inst_path, instances, images.pet_affine, np.uint16)
     with nnunet_env(work, cfg):
-        for i, k in enumerate(folds):
-            path = out / f"fold_{k}" / f"{pid}.npz"
-            files[k] = path
+        for i, (k, path) in enumerate(feature_paths.items()):
             if not path.is_file():
                 model_fn, patch, norm, spacing, network = _fold_pass(model_dir, k, dev)
                 extract_case_features(
@@ -332,15 +369,44 @@ def extract_new_case_features(
                 )
             if progress:
                 progress("features", i + 1, len(folds))
-    table = load_case_features(files[folds[0]]).table
-    write_text_atomic(out / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
-    return files
+    table = load_case_features(feature_paths[folds[0]]).table
+    write_text_atomic(table_path, table.to_csv(index=False, lineterminator="\n"))
+    return feature_paths
+
+
+def _stamp(path: Path) -> list:
+    """A file's identity for `extract_new_case_features`' rerun check."""
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _check_on_pet_grid(path: Path, images, what: str, pid: str) -> np.ndarray:
+    """Read a label map of a new case and check it: on the PET grid, whole numbers >= 0."""
+    from lamp.images import load_nifti, same_grid
+
+    arr, aff = load_nifti(path)
+    if not same_grid(arr.shape, aff, images.pet.shape, images.pet_affine):
+        raise SegmentError(
+            f"patient {pid}: {what} {path}: expected the PET grid of "
+            f"{images.sources.get('pet', 'the PET')} (shape {images.pet.shape}), got shape "
+            f"{arr.shape} (or another affine); resample it onto the PET grid (nearest "
+            "neighbour)"
+        )
+    values = np.unique(arr)
+    bad = values[~np.isfinite(values) | (values < 0) | (values != np.round(values))]
+    if bad.size:
+        raise SegmentError(
+            f"patient {pid}: {what} {path}: expected a label map (whole numbers >= 0), got "
+            f"values such as {bad[:5].tolist()}"
+        )
+    return arr
 
 
 def _predict_ensemble(
     case: Path, pid: str, model_dir: Path, folds: list[int], cfg: SegmentConfig, dev, mask_path
 ) -> None:
-    """nnU-Net's prediction of one case by the mean of ``folds``' networks -> ``mask_path``."""
+    """nnU-Net's prediction of one case by the ensemble of ``folds``' networks (their mean
+    logits) -> ``mask_path``."""
     import os
     import shutil
 
@@ -348,7 +414,7 @@ def _predict_ensemble(
 
     from lamp.segmentation.dataset import write_channels
 
-    scratch = mask_path.parent / ".partial"
+    scratch = mask_path.parent / f".partial_{pid}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     inputs = [str(scratch / f"{pid}_0000.nii.gz"), str(scratch / f"{pid}_0001.nii.gz")]
