@@ -410,27 +410,15 @@ def _predict_ensemble(
     import os
     import shutil
 
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     from lamp.segmentation.dataset import write_channels
+    from lamp.segmentation.nnunet import fold_predictor
 
     scratch = mask_path.parent / f".partial_{pid}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     inputs = [str(scratch / f"{pid}_0000.nii.gz"), str(scratch / f"{pid}_0001.nii.gz")]
     write_channels(case / "pet.nii.gz", case / "ct.nii.gz", pid, Path(inputs[0]), Path(inputs[1]))
-    predictor = nnUNetPredictor(
-        tile_step_size=cfg.tile_step_size,
-        use_gaussian=True,
-        use_mirroring=cfg.mirroring,
-        perform_everything_on_device=dev.type == "cuda",
-        device=dev,
-        verbose=False,
-        allow_tqdm=False,
-    )
-    predictor.initialize_from_trained_model_folder(
-        str(model_dir), use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth"
-    )
+    predictor = fold_predictor(model_dir, folds, cfg, dev)
     predictor.predict_from_files_sequential(
         [inputs], [str(scratch / pid)], save_probabilities=False, overwrite=True
     )

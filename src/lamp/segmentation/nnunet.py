@@ -283,6 +283,27 @@ def train_fold(
         return out
 
 
+def fold_predictor(model_dir: Path, folds, cfg: SegmentConfig, dev):
+    """nnU-Net's predictor of the trained ``folds`` of ``model_dir`` (more than one: their
+    ensemble, nnU-Net averaging the logits), with ``cfg``'s step and mirroring and
+    Gaussian weighting."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=cfg.tile_step_size,
+        use_gaussian=True,
+        use_mirroring=cfg.mirroring,
+        perform_everything_on_device=dev.type == "cuda",
+        device=dev,
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(model_dir), use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth"
+    )
+    return predictor
+
+
 def predict_out_of_fold(
     cohort: Path,
     work: Path,
@@ -306,8 +327,6 @@ def predict_out_of_fold(
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = results_folder(work, cfg, plain)
     with nnunet_env(work, cfg) as fold_env:
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
         raw = fold_env["raw"] / name / "imagesTr"
         for k in sorted(fold_table["fold"].unique()) if folds is None else folds:
             ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
@@ -320,18 +339,7 @@ def predict_out_of_fold(
             ]
             if not pids:
                 continue
-            predictor = nnUNetPredictor(
-                tile_step_size=cfg.tile_step_size,
-                use_gaussian=True,
-                use_mirroring=cfg.mirroring,
-                perform_everything_on_device=dev.type == "cuda",
-                device=dev,
-                verbose=False,
-                allow_tqdm=False,
-            )
-            predictor.initialize_from_trained_model_folder(
-                str(model_dir), use_folds=(k,), checkpoint_name="checkpoint_final.pth"
-            )
+            predictor = fold_predictor(model_dir, (k,), cfg, dev)
             inputs = [[str(raw / f"{p}_0000.nii.gz"), str(raw / f"{p}_0001.nii.gz")] for p in pids]
             # nnU-Net writes in place: predict into a scratch folder, then move each
             # finished file, so an interrupted run leaves nothing that looks finished
