@@ -12,10 +12,21 @@ them), and skips, with the reason, those whose inputs the cohort lacks:
 
 A method named explicitly whose inputs are missing is an error, not a skip. The wall time
 of each method is written to ``WORK/baselines/timings.csv`` (appended per run).
+
+"Already done" is checked, not assumed: after a method has run, ``request.json`` beside
+its ``oof_risk.csv`` records the endpoints and seeds it ran and a stamp of its inputs (the
+size and modification time of ``clinical.csv``, ``folds.csv`` and each scored patient's
+PET, CT, organ and lesion-mask files of the kind it reads). A later run reuses the method
+only when ``oof_risk.csv`` and ``train_risk.csv`` exist and that record covers the
+endpoints and seeds asked for, over the same inputs; otherwise it runs again and says why
+(for instance after ``lamp segment predict`` has rewritten the automatic masks, or when
+``--seeds 3`` follows ``--seeds 1``). A folder from before this record reruns.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +158,64 @@ def missing_masks(cohort: str | Path, work: str | Path, masks: str) -> list[str]
     return [p for p in table["patient_id"] if not has(p)]
 
 
+#: The file kinds each kind of input reads per patient (besides the clinical table and
+#: the folds): lesion masks with the PET, and organs where a method may use them.
+_INPUT_KINDS = {
+    None: (),
+    "images": ("pet", "ct"),
+    "manual": ("pet", "ct", "organs"),
+    "automatic": ("pet", "ct", "organs"),
+}
+
+
+def inputs_stamp(cohort: str | Path, work: str | Path, masks: str | None) -> str:
+    """A digest of what a baseline reads: path, size and modification time of
+    ``clinical.csv``, ``folds.csv`` and, for each patient with outcome, the files of
+    ``masks``'s kind that exist (missing optional files, e.g. organs, count as absent)."""
+    cohort, work = Path(cohort).resolve(), Path(work).resolve()
+    table, _ = outcome_table(cohort)
+    files = [cohort / "clinical.csv", cohort / "folds.csv"]
+    for pid in table["patient_id"]:
+        files += [case_path(cohort, pid, kind) for kind in _INPUT_KINDS[masks]]
+        if masks in ("manual", "automatic"):
+            files.append(mask_path(cohort, work, pid, masks))
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat() if f.is_file() else None
+        digest.update(f"{f}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}\n".encode())
+    return digest.hexdigest()
+
+
+def _why_rerun(
+    out: Path, spec: Baseline, endpoints: Sequence[str], seeds: Sequence[int], stamp: str
+) -> str | None:
+    """None when ``out`` holds a finished run that covers this request, else the reason."""
+    if not (out / "oof_risk.csv").is_file():
+        return "not run yet"
+    if not (out / "train_risk.csv").is_file():
+        return "no train_risk.csv (a run from an older version)"
+    req_path = out / "request.json"
+    try:
+        req = json.loads(req_path.read_text(encoding="utf-8"))
+        done_endpoints = set(req["endpoints"])
+        done_seeds = {int(s) for s in req["seeds"]}
+        done_stamp = str(req["inputs"])
+    except FileNotFoundError:
+        return "no request.json (a run from an older version)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{req_path} unreadable ({exc})"
+    lacking = [e for e in endpoints if e not in done_endpoints]
+    if lacking:
+        return f"endpoint(s) {lacking} not run before (had {sorted(done_endpoints)})"
+    if not spec.deterministic:
+        lacking_seeds = [int(s) for s in seeds if int(s) not in done_seeds]
+        if lacking_seeds:
+            return f"seed(s) {lacking_seeds} not run before (had {sorted(done_seeds)})"
+    if done_stamp != stamp:
+        return "its inputs changed since (clinical table, folds, images or lesion masks)"
+    return None
+
+
 @dataclass
 class RunReport:
     """What `run_baselines` did: per method "done", "skipped: <why>" or "ran", and seconds."""
@@ -176,7 +245,8 @@ def run_baselines(
         Seeds of the trained methods; the deterministic ones (clinical indices, Cox on
         metabolic parameters) run once with the first seed whatever is asked.
     force : bool
-        Rerun methods whose ``oof_risk.csv`` exists.
+        Rerun methods even where a finished run covers the request (see the module's
+        docstring for when one is reused).
     progress : callable, optional
 
     Raises
@@ -215,20 +285,35 @@ def run_baselines(
                 raise BaselineError(f"{name}: {why}")
     for name in names:
         spec = BASELINES[name]
-        oof = work / "baselines" / name / "oof_risk.csv"
-        if oof.is_file() and not force:
-            status[name] = "done before"
-            continue
+        out = work / "baselines" / name
         why = why_blocked(spec)
         if why is not None:
             status[name] = f"skipped: {why}"
             say(f"{name}: skipped: {why}")
             continue
+        stamp = inputs_stamp(cohort, work, spec.masks)
+        rerun = "--force" if force else _why_rerun(out, spec, endpoints, seeds, stamp)
+        if rerun is None:
+            status[name] = "done before"
+            continue
         run_seeds = list(seeds)[:1] if spec.deterministic else list(seeds)
-        say(f"{name}: running ({len(run_seeds)} seed(s), {', '.join(endpoints)})")
+        say(f"{name}: running ({len(run_seeds)} seed(s), {', '.join(endpoints)}; {rerun})")
         t0 = time.perf_counter()
+        (out / "request.json").unlink(missing_ok=True)
         spec.runner(work, cohort, list(endpoints), run_seeds, progress)
         seconds[name] = time.perf_counter() - t0
+        write_text_atomic(
+            out / "request.json",
+            json.dumps(
+                {
+                    "endpoints": list(endpoints),
+                    "seeds": [int(x) for x in run_seeds],
+                    "inputs": stamp,
+                },
+                indent=2,
+            )
+            + "\n",
+        )
         status[name] = "ran"
         say(f"{name}: {seconds[name]:.1f} s")
     if seconds:
