@@ -226,12 +226,64 @@ def test_lamp_segment_train_and_predict_on_a_tiny_cohort(tmp_path, capsys):
         assert set(pd.read_csv(out / "lesions.csv")["patient_id"]) <= {pid}
     ref = load_case_features(work / "features_reference" / f"{pid}.npz")
     assert len(ref.lesion_ids) >= 1
+    _reruns_follow_changed_inputs(cohort, work, cfg, pid, others)
     _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path, capsys)
     # metrics need every patient predicted: only fold 0 was, so it says which is missing
     from lamp.segmentation.nnunet import SegmentError
 
     with pytest.raises(SegmentError, match="no prediction for patient"):
         evaluate_network(cohort, work, "lamp")
+
+
+def _reruns_follow_changed_inputs(cohort, work, cfg, pid, others):
+    """A rerun of predict/features skips what is done, and redoes what was made from an
+    input that changed since: new instances, a retrained network, another step."""
+    from lamp.cohort import file_digest
+    from lamp.features import load_case_features
+    from lamp.images import load_nifti, save_nifti
+    from lamp.segmentation.extract import extract_cohort_features
+    from lamp.segmentation.nnunet import predict_out_of_fold, results_folder
+
+    run_cfg = dataclasses.replace(cfg, tile_step_size=0.5)
+    feat = work / "features"
+    files = [feat / f"{pid}.npz"] + [feat / "fold_0" / f"{o}.npz" for o in others]
+    pred = work / "segmentation" / "lamp" / "pred" / f"{pid}.nii.gz"
+
+    def mtimes():
+        return {f: f.stat().st_mtime_ns for f in [*files, pred]}
+
+    before = mtimes()
+    predict_out_of_fold(cohort, work, cfg, folds=[0])
+    extract_cohort_features(cohort, work, run_cfg, folds=[0])
+    assert mtimes() == before  # nothing changed: nothing redone
+    # new instances for one training patient: only its file is pooled again
+    inst_path = work / "segmentation" / "lamp" / "instances" / f"{others[0]}.nii.gz"
+    inst, aff = load_nifti(inst_path)
+    save_nifti(inst_path, np.zeros(inst.shape, np.uint16), aff, np.uint16)
+    extract_cohort_features(cohort, work, run_cfg, folds=[0])
+    now = mtimes()
+    assert [f for f in files if now[f] != before[f]] == [files[1]]
+    redone = load_case_features(files[1])
+    assert len(redone.lesion_ids) == 0
+    assert redone.meta["source_sha256"]["lesions"] == file_digest(inst_path)
+    # fold 0 "retrained" (another checkpoint): its prediction and all its files again
+    ckpt = results_folder(work, cfg, False) / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    first = next(iter(state["network_weights"]))
+    state["network_weights"][first] = state["network_weights"][first] + 0.01
+    torch.save(state, ckpt)
+    predict_out_of_fold(cohort, work, cfg, folds=[0])
+    assert pred.stat().st_mtime_ns != before[pred]
+    record = json.loads((pred.parent / "predictions.json").read_text())
+    assert record[pid]["checkpoint_sha256"] == file_digest(ckpt)
+    extract_cohort_features(cohort, work, run_cfg, folds=[0])
+    later = mtimes()
+    assert all(later[f] != now[f] for f in files)
+    assert load_case_features(files[0]).meta["network"]["checkpoint_sha256"] == file_digest(ckpt)
+    # another step: predicted again
+    stamp = pred.stat().st_mtime_ns
+    predict_out_of_fold(cohort, work, dataclasses.replace(cfg, tile_step_size=1.0), folds=[0])
+    assert pred.stat().st_mtime_ns != stamp
 
 
 def _new_patient_by_every_fold_network(cohort, work, cfg, pid, parser, tmp_path, capsys):

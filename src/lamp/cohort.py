@@ -41,6 +41,7 @@ __all__ = [
     "CohortError",
     "atomic_output",
     "write_text_atomic",
+    "file_digest",
     "check_patient_id",
     "case_dir",
     "case_path",
@@ -158,6 +159,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex): what a stage records of an input, so that a
+    rerun can tell a changed input (a retrained network, new masks) from the same one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ from scipy.spatial import cKDTree
 
 from lamp.anatomy import GROUPS, N_GROUPS, AnatomyError, group_id, merge_to_groups
 from lamp.clinical import NODAL_REGIONS
-from lamp.cohort import CASE_FILES, CohortError, atomic_output, check_patient_id
+from lamp.cohort import CASE_FILES, CohortError, atomic_output, check_patient_id, file_digest
 from lamp.errors import LampError
 from lamp.images import (
     grid_with_spacing,
@@ -1639,6 +1639,11 @@ def extract_case_features(
         "pooling": "streaming" if streaming else "full",
         "normalization": repr(normalize),
         "sources": {"lesions": les_src, "organs": org_src, **images.sources},
+        # what the label maps were, so that a rerun can tell new masks from the same ones
+        "source_sha256": {
+            "lesions": file_digest(les_src) if les_src != "array" else None,
+            "organs": file_digest(org_src) if org_src != "array" else None,
+        },
         "ct_resampled_to_pet_grid": resampled,
         "pet_spacing_mm": pet_spacing.tolist(),
         "target_spacing_mm": None if target is None else target.tolist(),

@@ -2,7 +2,9 @@
 
 ``WORK/segmentation/<net>/pred/<id>.nii.gz``       binary prediction (nnU-Net's export)
 ``WORK/segmentation/<net>/instances/<id>.nii.gz``  lesion instances (18-connected
-                                                   components, every size kept)
+                                                   components, every size kept; made
+                                                   again when the prediction is newer,
+                                                   rewritten only if they changed)
 ``WORK/segmentation/<net>/metrics.csv``            per-patient autoPET metrics
 ``WORK/segmentation/metrics.csv``                  both networks side by side (headline
                                                    metrics first), when both exist
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,14 @@ def evaluate_network(cohort: Path, work: Path, net: str) -> tuple[pd.DataFrame, 
         inst_path = inst_dir / f"{pid}.nii.gz"
         if not inst_path.is_file():
             save_nifti(inst_path, lesion_instances(mask, voxel_ml), affine, np.uint16)
+        elif inst_path.stat().st_mtime_ns < pred_path.stat().st_mtime_ns:
+            # predicted again since: the instances follow, but the file is rewritten only
+            # if they changed (lamp features recomputes what was pooled over a new file)
+            inst = lesion_instances(mask, voxel_ml)
+            if np.array_equal(load_nifti(inst_path)[0], inst):
+                os.utime(inst_path)
+            else:
+                save_nifti(inst_path, inst, affine, np.uint16)
         per_patient[pid] = segmentation_metrics(
             mask, ref, voxel_ml, connectivity=AUTOPET_CONNECTIVITY
         )

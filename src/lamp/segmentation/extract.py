@@ -47,7 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lamp.cohort import case_dir, case_path, read_clinical, read_folds, write_text_atomic
+from lamp.cohort import (
+    case_dir,
+    case_path,
+    file_digest,
+    read_clinical,
+    read_folds,
+    write_text_atomic,
+)
 from lamp.segmentation.nnunet import SegmentConfig, SegmentError, nnunet_env, results_folder
 
 __all__ = [
@@ -105,7 +112,12 @@ def _fold_pass(model_dir: Path, fold: int, dev):
         prob, feats = net.forward_features(x.permute(0, 1, 4, 3, 2).contiguous())
         return prob.permute(0, 1, 4, 3, 2), feats.permute(0, 1, 4, 3, 2)
 
-    return model_fn, patch, norm, spacing, {"fold": int(fold), "model_dir": str(model_dir)}
+    network = {
+        "fold": int(fold),
+        "model_dir": str(model_dir),
+        "checkpoint_sha256": file_digest(model_dir / f"fold_{fold}" / "checkpoint_final.pth"),
+    }
+    return model_fn, patch, norm, spacing, network
 
 
 def extract_cohort_features(
@@ -125,6 +137,12 @@ def extract_cohort_features(
 
     With ``training_patients=False`` only the out-of-fold files ``<patient_id>.npz`` are
     written (enough for reports and inspection, not for `train_cv` with these networks).
+
+    A file counts as finished only while what made it is unchanged: each file records the
+    SHA-256 of its network's ``checkpoint_final.pth`` (``meta["network"]``) and of its
+    lesion and organ label maps (``meta["source_sha256"]``). After a fold is retrained,
+    or ``lamp segment predict`` has rewritten a patient's instances, the files made from
+    the old ones are computed again. (Files from before this record are kept.)
     """
     from lamp.features import extract_case_features, load_case_features
     from lamp.segmentation.nnunet import _device
@@ -149,20 +167,41 @@ def extract_cohort_features(
             ]
     total = sum(len(v) for v in jobs.values())
     done = 0
+    digests: dict[Path, str | None] = {}
+
+    def digest(path: Path) -> str | None:  # each input hashed once per run
+        if path not in digests:
+            digests[path] = file_digest(path) if path.is_file() else None
+        return digests[path]
+
+    def lesions_of(pid: str) -> Path:
+        return case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
+
+    def finished(pid: str, path: Path, ckpt: Path) -> bool:
+        if not path.is_file():
+            return False
+        made = _made_from(path)
+        if made is None:  # a file from before the record: kept
+            return True
+        net_sha, les_sha, org_sha = made
+        return (
+            (net_sha is None or not ckpt.is_file() or net_sha == digest(ckpt))
+            and les_sha == digest(lesions_of(pid))
+            and org_sha == digest(case_path(cohort, pid, "organs"))
+        )
+
     with nnunet_env(work, cfg):
         for k in todo_folds:
-            todo = [(p, path) for p, path in jobs[k] if not path.is_file()]
+            ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
+            todo = [(p, path) for p, path in jobs[k] if not finished(p, path, ckpt)]
             done += len(jobs[k]) - len(todo)
             if not todo:
                 continue
-            ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
             if not ckpt.is_file():
                 raise SegmentError(f"{ckpt}: fold {k} is not trained; run lamp segment train")
             model_fn, patch, norm, spacing, network = _fold_pass(model_dir, int(k), dev)
             for pid, path in todo:
-                lesions = (
-                    case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
-                )
+                lesions = lesions_of(pid)
                 if not Path(lesions).is_file():
                     raise SegmentError(
                         f"{lesions}: missing lesion instances of patient {pid}"
@@ -189,6 +228,22 @@ def extract_cohort_features(
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_text_atomic(out_dir / "lesions.csv", table.to_csv(index=False, lineterminator="\n"))
     return out_dir
+
+
+def _made_from(path: Path) -> tuple[str | None, str | None, str | None] | None:
+    """The SHA-256 of the network checkpoint, lesion and organ maps a features file was
+    made from, or None for a file that does not record them (or cannot be read: then it
+    is made again)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except Exception:  # unreadable: not finished
+        return (None, "unreadable", "unreadable")
+    sources = meta.get("source_sha256")
+    if not isinstance(sources, dict):
+        return None
+    network = meta.get("network") or {}
+    return network.get("checkpoint_sha256"), sources.get("lesions"), sources.get("organs")
 
 
 def trained_folds(model_dir: Path) -> list[int]:

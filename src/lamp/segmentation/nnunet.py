@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lamp.cohort import read_folds, write_text_atomic
+from lamp.cohort import file_digest, read_folds, write_text_atomic
 from lamp.errors import LampError
 from lamp.segmentation.dataset import dataset_folder_name, export_nnunet_raw
 
@@ -318,7 +318,11 @@ def predict_out_of_fold(
 
     Writes ``WORK/segmentation/<lamp|plain>/pred/<patient_id>.nii.gz`` (binary lesion
     masks on the PET grid, as nnU-Net exports them back to the raw geometry); returns
-    that folder. Patients already predicted are skipped.
+    that folder. Patients already predicted are skipped while what predicted them is
+    unchanged: ``pred/predictions.json`` records, per patient, the SHA-256 of the fold's
+    ``checkpoint_final.pth``, the step and the mirroring; a patient predicted by a network
+    since retrained, or with other settings, is predicted again. (A prediction from before
+    that record is kept.)
     """
     name = dataset_folder_name(cfg.dataset_id, cfg.dataset_name)
     dev = _device(device)
@@ -326,16 +330,28 @@ def predict_out_of_fold(
     out_dir = Path(work) / "segmentation" / ("plain" if plain else "lamp") / "pred"
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = results_folder(work, cfg, plain)
+    record_path = out_dir / "predictions.json"
+    try:
+        made = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except ValueError:
+        made = {}  # unreadable: every prediction without a record is kept, as before it
     with nnunet_env(work, cfg) as fold_env:
         raw = fold_env["raw"] / name / "imagesTr"
         for k in sorted(fold_table["fold"].unique()) if folds is None else folds:
             ckpt = model_dir / f"fold_{k}" / "checkpoint_final.pth"
             if not ckpt.is_file():
                 raise SegmentError(f"{ckpt}: fold {k} is not trained; run lamp segment train")
+            want = {
+                "fold": int(k),
+                "checkpoint_sha256": file_digest(ckpt),
+                "step": cfg.tile_step_size,
+                "mirroring": cfg.mirroring,
+            }
             pids = [
                 p
                 for p in fold_table.loc[fold_table["fold"] == k, "patient_id"]
-                if not (out_dir / f"{p}.nii.gz").is_file() and (patients is None or p in patients)
+                if (patients is None or p in patients)
+                and not ((out_dir / f"{p}.nii.gz").is_file() and made.get(p, want) == want)
             ]
             if not pids:
                 continue
@@ -351,5 +367,9 @@ def predict_out_of_fold(
             )
             for p in pids:
                 os.replace(scratch / f"{p}.nii.gz", out_dir / f"{p}.nii.gz")
+            # recorded after the files: cut short in between, a patient keeps the record
+            # of its former prediction and is predicted again next time
+            made.update({p: want for p in pids})
+            write_text_atomic(record_path, json.dumps(made, indent=1) + "\n")
             shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
