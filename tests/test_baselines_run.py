@@ -47,10 +47,13 @@ def test_a_finished_run_is_reused_only_when_it_covers_the_request(tmp_path):
     assert any("endpoint(s) ['os'] not run before" in m for m in said)
     assert set(pd.read_csv(out / "oof_risk.csv")["endpoint"]) == {"pfs", "os"}
     assert run_baselines(work, cohort, ["IPI"], ["os"], [0]).status == {"IPI": "done before"}
-    # a changed input (the clinical table rewritten): run again
+    # the same files touched (a copy, say): reused; a changed input: run again
     clinical = cohort / "clinical.csv"
     st = clinical.stat()
     os.utime(clinical, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert run_baselines(work, cohort, ["IPI"], ["pfs"], [0]).status == {"IPI": "done before"}
+    with open(clinical, "a", encoding="utf-8") as f:
+        f.write("\n")  # a blank line: another file, the same table
     said.clear()
     assert run_baselines(work, cohort, ["IPI"], ["pfs"], [0], progress=said.append).status == {
         "IPI": "ran"

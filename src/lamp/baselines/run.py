@@ -15,8 +15,8 @@ of each method is written to ``WORK/baselines/timings.csv`` (appended per run).
 
 "Already done" is checked, not assumed: after a method has run, ``request.json`` beside
 its ``oof_risk.csv`` records the endpoints and seeds it ran and a stamp of its inputs (the
-size and modification time of ``clinical.csv``, ``folds.csv`` and each scored patient's
-PET, CT, organ and lesion-mask files of the kind it reads). A later run reuses the method
+SHA-256 of ``clinical.csv``, ``folds.csv`` and each scored patient's PET, CT, organ and
+lesion-mask files of the kind it reads). A later run reuses the method
 only when ``oof_risk.csv`` and ``train_risk.csv`` exist and that record covers the
 endpoints and seeds asked for, over the same inputs; otherwise it runs again and says why
 (for instance after ``lamp segment predict`` has rewritten the automatic masks, or when
@@ -37,7 +37,7 @@ import pandas as pd
 
 from lamp.baselines.common import BaselineError, outcome_table
 from lamp.baselines.lesions import mask_path
-from lamp.cohort import case_path, write_text_atomic
+from lamp.cohort import case_path, file_digest, write_text_atomic
 
 __all__ = ["BASELINES", "Baseline", "RunReport", "run_baselines", "missing_masks"]
 
@@ -168,10 +168,26 @@ _INPUT_KINDS = {
 }
 
 
+#: Content digests already computed in this process, by (path, size, mtime): the same
+#: images serve several methods.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _content(path: Path) -> str:
+    if not path.is_file():
+        return "absent"
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
 def inputs_stamp(cohort: str | Path, work: str | Path, masks: str | None) -> str:
-    """A digest of what a baseline reads: path, size and modification time of
-    ``clinical.csv``, ``folds.csv`` and, for each patient with outcome, the files of
-    ``masks``'s kind that exist (missing optional files, e.g. organs, count as absent)."""
+    """A digest of what a baseline reads: the contents (SHA-256) of ``clinical.csv``,
+    ``folds.csv`` and, for each patient with outcome, the files of ``masks``'s kind
+    (missing optional files, e.g. organs, count as absent). Paths enter relative to the
+    cohort and work folders, so a moved or copied folder keeps its stamp."""
     cohort, work = Path(cohort).resolve(), Path(work).resolve()
     table, _ = outcome_table(cohort)
     files = [cohort / "clinical.csv", cohort / "folds.csv"]
@@ -181,8 +197,8 @@ def inputs_stamp(cohort: str | Path, work: str | Path, masks: str | None) -> str
             files.append(mask_path(cohort, work, pid, masks))
     digest = hashlib.sha256()
     for f in files:
-        st = f.stat() if f.is_file() else None
-        digest.update(f"{f}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}\n".encode())
+        name = f.relative_to(work if f.is_relative_to(work) else cohort).as_posix()
+        digest.update(f"{name}\t{_content(f)}\n".encode())
     return digest.hexdigest()
 
 
