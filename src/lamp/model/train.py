@@ -870,11 +870,14 @@ def train_cv(
     metrics = pd.DataFrame(metric_rows)
     attention = pd.DataFrame(att_rows)
     train_risk = pd.DataFrame(train_rows, columns=list(oof.columns))
+    # the out-of-fold risks last, after removing the old ones: a run cut short here never
+    # leaves new oof_risk.csv beside an old train_risk.csv (lamp evaluate pairs them)
+    (out / "oof_risk.csv").unlink(missing_ok=True)
     for name, df in (
-        ("oof_risk.csv", oof),
         ("train_risk.csv", train_risk),
         ("fold_metrics.csv", metrics),
         ("lesion_attention.csv", attention),
+        ("oof_risk.csv", oof),
     ):
         write_text_atomic(out / name, df.to_csv(index=False, lineterminator="\n"))
     return CVResults(oof, metrics, excluded, out, n_patients=int(len(clinical)))
