@@ -161,16 +161,27 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+#: Digests computed in this process, by (path, size, mtime): a file read by several
+#: stages or methods of one run is hashed once.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def file_digest(path: str | Path) -> str:
     """The SHA-256 of a file's bytes (hex): what a stage records of an input, so that a
-    rerun can tell a changed input (a retrained network, new masks) from the same one."""
+    rerun can tell a changed input (a retrained network, new masks) from the same one.
+    Cached per process while the file's size and modification time are unchanged."""
     import hashlib
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 # --------------------------------------------------------------------------------------

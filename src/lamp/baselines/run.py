@@ -168,21 +168,6 @@ _INPUT_KINDS = {
 }
 
 
-#: Content digests already computed in this process, by (path, size, mtime): the same
-#: images serve several methods.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _content(path: Path) -> str:
-    if not path.is_file():
-        return "absent"
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(path)
-    return _DIGESTS[key]
-
-
 def inputs_stamp(cohort: str | Path, work: str | Path, masks: str | None) -> str:
     """A digest of what a baseline reads: the contents (SHA-256) of ``clinical.csv``,
     ``folds.csv`` and, for each patient with outcome, the files of ``masks``'s kind
@@ -198,7 +183,7 @@ def inputs_stamp(cohort: str | Path, work: str | Path, masks: str | None) -> str
     digest = hashlib.sha256()
     for f in files:
         name = f.relative_to(work if f.is_relative_to(work) else cohort).as_posix()
-        digest.update(f"{name}\t{_content(f)}\n".encode())
+        digest.update(f"{name}\t{file_digest(f) if f.is_file() else 'absent'}\n".encode())
     return digest.hexdigest()
 
 

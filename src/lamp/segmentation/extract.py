@@ -167,12 +167,9 @@ def extract_cohort_features(
             ]
     total = sum(len(v) for v in jobs.values())
     done = 0
-    digests: dict[Path, str | None] = {}
 
-    def digest(path: Path) -> str | None:  # each input hashed once per run
-        if path not in digests:
-            digests[path] = file_digest(path) if path.is_file() else None
-        return digests[path]
+    def digest(path: Path) -> str | None:  # file_digest caches: each input hashed once
+        return file_digest(path) if path.is_file() else None
 
     def lesions_of(pid: str) -> Path:
         return case_path(cohort, pid, "lesions") if reference else inst_dir / f"{pid}.nii.gz"
